@@ -1,0 +1,117 @@
+//! Counter indices. Every drop and every hand-off to the kernel's slow path has one reason,
+//! defined once here and reused by the programs, `ipip-user stats`, its JSON and metrics.
+
+/// Why a packet left the fast path. The discriminant is the index into the per-CPU reasons map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Frame too short for the Ethernet + outer IPv4 headers it claims, or a bad outer header.
+    DropMalformedOuter = 0,
+    /// Outer header is a fragment: the fast path cannot reassemble.
+    DropOuterFragment = 1,
+    /// IPIP addressed to our tunnel address from an address that is not a configured peer.
+    DropUnknownPeer = 2,
+    /// Inner header missing, truncated or not IPv4.
+    DropMalformedInner = 3,
+    /// Inner source is outside the prefixes configured for the peer that sent it (spoofing).
+    DropSpoofedSource = 4,
+    /// Outer ECN CE on an inner packet that is not ECN-capable (RFC 6040 says drop).
+    DropEcnNotEct = 5,
+    /// Packet to encapsulate is larger than the tunnel MTU and not GSO.
+    DropTooBig = 6,
+    /// A kernel helper (adjust_head/adjust_room/store) failed.
+    DropHelperFailed = 7,
+    /// A route points at a peer slot that holds no peer (a reload in progress).
+    DropNoPeer = 8,
+    /// IPIP not addressed to our tunnel address: left to the kernel (transit traffic).
+    PassIpipNotLocal = 9,
+    /// Outer header carries IP options; Linux peers never send them, the fast path refuses them.
+    DropOuterOptions = 10,
+}
+
+/// Number of reasons; the size of the reasons map.
+pub const REASON_COUNT: u32 = 11;
+
+impl Reason {
+    /// All reasons in index order.
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::DropMalformedOuter,
+        Reason::DropOuterFragment,
+        Reason::DropUnknownPeer,
+        Reason::DropMalformedInner,
+        Reason::DropSpoofedSource,
+        Reason::DropEcnNotEct,
+        Reason::DropTooBig,
+        Reason::DropHelperFailed,
+        Reason::DropNoPeer,
+        Reason::PassIpipNotLocal,
+        Reason::DropOuterOptions,
+    ];
+
+    /// Stable snake_case name used in `stats`, JSON and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::DropMalformedOuter => "malformed_outer",
+            Reason::DropOuterFragment => "outer_fragment",
+            Reason::DropUnknownPeer => "unknown_peer",
+            Reason::DropMalformedInner => "malformed_inner",
+            Reason::DropSpoofedSource => "spoofed_inner_source",
+            Reason::DropEcnNotEct => "ecn_ce_on_not_ect",
+            Reason::DropTooBig => "too_big",
+            Reason::DropHelperFailed => "helper_failed",
+            Reason::DropNoPeer => "no_peer",
+            Reason::PassIpipNotLocal => "ipip_not_local",
+            Reason::DropOuterOptions => "outer_options",
+        }
+    }
+
+    /// Whether the packet was dropped (as opposed to handed to the kernel).
+    pub const fn is_drop(self) -> bool {
+        !matches!(self, Reason::PassIpipNotLocal)
+    }
+
+    /// One-line explanation for operators.
+    pub const fn help(self) -> &'static str {
+        match self {
+            Reason::DropMalformedOuter => "IPIP frame with a truncated or invalid outer IPv4 header",
+            Reason::DropOuterFragment => "fragmented outer IPv4 packet (peer sent without DF over a smaller MTU)",
+            Reason::DropUnknownPeer => "IPIP to our tunnel address from a source that is not a configured peer",
+            Reason::DropMalformedInner => "IPIP whose inner packet is truncated or not IPv4",
+            Reason::DropSpoofedSource => "inner source outside the routes configured for the sending peer",
+            Reason::DropEcnNotEct => "outer ECN CE on a not-ECT inner packet (RFC 6040)",
+            Reason::DropTooBig => "packet larger than the tunnel MTU",
+            Reason::DropHelperFailed => "kernel helper failed while rewriting the packet",
+            Reason::DropNoPeer => "route points at an empty peer slot",
+            Reason::PassIpipNotLocal => "IPIP not addressed to the tunnel's local address, left to the kernel",
+            Reason::DropOuterOptions => "IPIP whose outer header carries IP options",
+        }
+    }
+}
+
+/// Per-peer traffic counters, one slot per peer in a per-CPU array.
+/// Bytes count the inner IPv4 packet, as `ip -s link` does on a tunnel device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PeerCounters>() == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_indexed_densely_and_named_uniquely() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} out of order");
+            for other in &Reason::ALL[..i] {
+                assert_ne!(r.name(), other.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Types that cross the kernel/user boundary. Everything here is `#[repr(C)]` and free of
+//! padding so that the eBPF programs and `ipip-user` agree byte for byte; `const` asserts pin
+//! the sizes. Addresses are stored as network-order `[u8; 4]` and read through accessors.
+#![no_std]
+
+mod counters;
+mod maps;
+
+pub use counters::{PeerCounters, Reason, REASON_COUNT};
+pub use maps::{
+    PeerConfig, PeerName, RouteKey, TunnelConfig, MAP_CONFIG, MAP_PEERS, MAP_PEER_BY_REMOTE,
+    MAP_PEER_NAMES, MAP_PEER_STATS, MAP_REASONS, MAP_ROUTES, MAX_PEERS, MAX_ROUTES,
+    PEER_FLAG_PMTUDISC, PEER_FLAG_TOS_INHERIT, PEER_NAME_LEN, PROG_TC_EGRESS, PROG_XDP_DECAP,
+    TTL_INHERIT, TUNNEL_FLAG_ADDRESS_ADDED,
+};
+
+/// IP protocol number of IPv4-in-IPv4 (RFC 2003). network-types calls it `IpProto::Ipv4`.
+pub const IPPROTO_IPIP: u8 = 4;
+/// Size of the outer IPv4 header we add (no options, IHL 5).
+pub const OUTER_HEADER_LEN: usize = 20;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, have no
+    // padding (checked by the const asserts next to them) and accept any bit pattern.
+    unsafe impl aya::Pod for PeerConfig {}
+    unsafe impl aya::Pod for TunnelConfig {}
+    unsafe impl aya::Pod for PeerCounters {}
+    unsafe impl aya::Pod for PeerName {}
+    unsafe impl bytemuck::Zeroable for PeerCounters {}
+    unsafe impl bytemuck::Pod for PeerCounters {}
+}

@@ -1,0 +1,112 @@
+//! Map names, keys and values. Names are pinned under `/sys/fs/bpf/ipip/...`, so they are at
+//! most 15 characters and contain no dots.
+
+/// LPM trie: inner IPv4 prefix → peer index. Routes outbound and filters inbound sources.
+pub const MAP_ROUTES: &str = "routes";
+/// Array: peer index → [`PeerConfig`].
+pub const MAP_PEERS: &str = "peers";
+/// Hash: remote underlay address → peer index. Decides whose IPIP we accept.
+pub const MAP_PEER_BY_REMOTE: &str = "peer_by_remote";
+/// Array of one [`TunnelConfig`].
+pub const MAP_CONFIG: &str = "config";
+/// Per-CPU array: peer index → [`crate::PeerCounters`].
+pub const MAP_PEER_STATS: &str = "peer_stats";
+/// Per-CPU array: [`crate::Reason`] → packet count.
+pub const MAP_REASONS: &str = "reasons";
+/// Array: peer index → [`PeerName`], so that `stats` from another process can name peers.
+pub const MAP_PEER_NAMES: &str = "peer_names";
+
+/// Program names in the object file.
+pub const PROG_XDP_DECAP: &str = "ipip_xdp_decap";
+pub const PROG_TC_EGRESS: &str = "ipip_tc_encap";
+
+pub const MAX_PEERS: u32 = 1024;
+pub const MAX_ROUTES: u32 = 16384;
+
+/// `ttl` value meaning "copy the inner packet's TTL" (Linux's `ttl inherit`, its default).
+pub const TTL_INHERIT: u8 = 0;
+/// Outer DF is always set (Linux `pmtudisc`, the default); without it DF is copied from the inner.
+pub const PEER_FLAG_PMTUDISC: u32 = 1 << 0;
+/// Outer DSCP copied from the inner packet (Linux `tos inherit`); else `tos` is used as is.
+pub const PEER_FLAG_TOS_INHERIT: u32 = 1 << 1;
+
+/// Key of the routes LPM trie: aya's `lpm_trie::Key` carries the prefix length, this is the data.
+pub type RouteKey = [u8; 4];
+
+/// Everything the encapsulator needs about one peer, precomputed by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Peer's underlay address, network order: outer destination.
+    pub remote: [u8; 4],
+    /// Our underlay address, network order: outer source.
+    pub local: [u8; 4],
+    /// Outer TTL, or [`TTL_INHERIT`].
+    pub ttl: u8,
+    /// Outer TOS when not inheriting (ECN bits are ignored: they follow RFC 6040).
+    pub tos: u8,
+    /// Largest inner packet that fits: underlay MTU − 20.
+    pub mtu: u16,
+    /// `PEER_FLAG_*`.
+    pub flags: u32,
+    /// One's-complement sum (not folded, not inverted) of the outer header's constant 16-bit
+    /// words: version/IHL, protocol, source and destination. The program adds the rest.
+    pub csum_base: u32,
+    /// Non-zero when the slot holds a peer.
+    pub in_use: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PeerConfig>() == 24);
+
+impl PeerConfig {
+    pub const fn remote(&self) -> u32 {
+        u32::from_be_bytes(self.remote)
+    }
+    pub const fn local(&self) -> u32 {
+        u32::from_be_bytes(self.local)
+    }
+    pub const fn pmtudisc(&self) -> bool {
+        self.flags & PEER_FLAG_PMTUDISC != 0
+    }
+    pub const fn tos_inherit(&self) -> bool {
+        self.flags & PEER_FLAG_TOS_INHERIT != 0
+    }
+}
+
+/// Set when `attach` added the tunnel address to the interface and so `detach` must remove it.
+pub const TUNNEL_FLAG_ADDRESS_ADDED: u32 = 1 << 0;
+
+/// Tunnel-wide settings, index 0 of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Underlay address IPIP must be sent to for us to decapsulate it, network order.
+    pub local: [u8; 4],
+    /// Tunnel (overlay) address this host uses as source, network order; 0 when none.
+    pub address: [u8; 4],
+    /// Prefix length of `address`.
+    pub address_prefix_len: u32,
+    /// Interface index the programs are attached to.
+    pub ifindex: u32,
+    /// `TUNNEL_FLAG_*`.
+    pub flags: u32,
+    /// Number of peers loaded.
+    pub peer_count: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 24);
+
+impl TunnelConfig {
+    pub const fn local(&self) -> u32 {
+        u32::from_be_bytes(self.local)
+    }
+}
+
+pub const PEER_NAME_LEN: usize = 32;
+
+/// A peer's name, NUL-padded UTF-8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerName(pub [u8; PEER_NAME_LEN]);
+
+const _: () = assert!(core::mem::size_of::<PeerName>() == PEER_NAME_LEN);

@@ -1,0 +1,51 @@
+//! Why a packet does not take the fast path, and what that means for it. The programs return
+//! `Result<_, Error>` and map the error to a verdict in exactly one place.
+
+use ipip_common::Reason;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Not ours (not IPv4, not IPIP, not routed into the tunnel): the kernel handles it.
+    NotOurs,
+    /// Ours but refused or impossible: drop and count under this reason.
+    Drop(Reason),
+    /// Ours but left to the kernel: pass and count under this reason.
+    Pass(Reason),
+}
+
+/// The fate of a packet, independent of the program type's return codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+impl Error {
+    /// The verdict and the reason to count (if any).
+    #[inline(always)]
+    pub const fn verdict(self) -> (Verdict, Option<Reason>) {
+        match self {
+            Error::NotOurs => (Verdict::Pass, None),
+            Error::Drop(r) => (Verdict::Drop, Some(r)),
+            Error::Pass(r) => (Verdict::Pass, Some(r)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ours_passes_uncounted_and_drops_are_counted() {
+        assert_eq!(Error::NotOurs.verdict(), (Verdict::Pass, None));
+        assert_eq!(
+            Error::Drop(Reason::DropUnknownPeer).verdict(),
+            (Verdict::Drop, Some(Reason::DropUnknownPeer))
+        );
+        assert_eq!(
+            Error::Pass(Reason::PassIpipNotLocal).verdict(),
+            (Verdict::Pass, Some(Reason::PassIpipNotLocal))
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! The maps, defined once. Types come from ipip-common; names are the pin names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray},
+};
+use ipip_common::{
+    PeerConfig, PeerCounters, PeerName, RouteKey, TunnelConfig, MAX_PEERS, MAX_ROUTES,
+    REASON_COUNT,
+};
+
+/// Inner prefix → peer index: what to encapsulate, and which inner sources a peer may use.
+#[map(name = "routes")]
+pub static ROUTES: LpmTrie<RouteKey, u32> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+#[map(name = "peers")]
+pub static PEERS: Array<PeerConfig> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// Remote underlay address (network order) → peer index.
+#[map(name = "peer_by_remote")]
+pub static PEER_BY_REMOTE: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+#[map(name = "config")]
+pub static CONFIG: Array<TunnelConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "peer_stats")]
+pub static PEER_STATS: PerCpuArray<PeerCounters> = PerCpuArray::with_max_entries(MAX_PEERS, 0);
+
+#[map(name = "reasons")]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Only read by user space (stats from another process); the programs never touch it.
+#[map(name = "peer_names")]
+pub static PEER_NAMES: Array<PeerName> = Array::with_max_entries(MAX_PEERS, 0);

@@ -1,0 +1,101 @@
+//! TC egress on the underlay: encapsulate IPv4 whose destination lies in a routed prefix.
+//!
+//! The Ethernet header is kept as the kernel built it: the routes attach installs send routed
+//! prefixes via the underlay next hop toward the peer, so its MAC is already the right one.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
+    },
+    helpers::bpf_get_prandom_u32,
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use ipip_common::{Reason, OUTER_HEADER_LEN};
+use ipip_ebpf::{
+    error::{Error, Verdict},
+    outer::{self, Inner},
+};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    maps::{PEERS, ROUTES},
+    packet::ref_mut_at,
+    stats,
+    xdp_decap::{EthRaw, ETH_LEN, ETH_P_IP},
+};
+
+#[classifier]
+pub fn ipip_tc_encap(ctx: TcContext) -> i32 {
+    match try_encap(&ctx) {
+        Ok(()) => TC_ACT_OK as i32,
+        Err(e) => {
+            let (verdict, reason) = e.verdict();
+            if let Some(r) = reason {
+                stats::count_reason(r);
+            }
+            match verdict {
+                Verdict::Pass => TC_ACT_OK as i32,
+                Verdict::Drop => TC_ACT_SHOT as i32,
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn try_encap(ctx: &TcContext) -> Result<(), Error> {
+    let eth: &mut EthRaw = ref_mut_at(ctx, 0).ok_or(Error::NotOurs)?;
+    if eth.proto != ETH_P_IP {
+        return Err(Error::NotOurs);
+    }
+    let ip = match ref_mut_at::<Ipv4Hdr>(ctx, ETH_LEN) {
+        Some(ip) => ip,
+        None => {
+            // Header not in the linear area (rare on egress): pull it in, or refuse to send
+            // it unencapsulated.
+            if ctx.len() < (ETH_LEN + 20) as u32 {
+                return Err(Error::NotOurs);
+            }
+            ctx.pull_data((ETH_LEN + 20) as u32)
+                .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
+            ref_mut_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropHelperFailed))?
+        }
+    };
+    let peer_idx = *ROUTES
+        .get(Key::new(32, ip.dst_addr))
+        .ok_or(Error::NotOurs)?;
+    let peer = PEERS.get(peer_idx).ok_or(Error::Drop(Reason::DropNoPeer))?;
+    if peer.in_use == 0 {
+        return Err(Error::Drop(Reason::DropNoPeer));
+    }
+    let inner = Inner {
+        tos: ip.tos,
+        ttl: ip.ttl,
+        frag_off: u16::from_be_bytes(ip.frags),
+        tot_len: u16::from_be_bytes(ip.tot_len),
+    };
+    // SAFETY: reading plain integer fields of our own __sk_buff.
+    let (gso_segs, gso_size) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
+    if gso_size == 0 && inner.tot_len > peer.mtu {
+        return Err(Error::Drop(Reason::DropTooBig));
+    }
+    let bytes = (ctx.len() as u64).saturating_sub(ETH_LEN as u64);
+    // RFC 6864: any ID is fine for atomic datagrams; a random one also serves non-DF ones.
+    // SAFETY: helper without arguments.
+    let id = unsafe { bpf_get_prandom_u32() } as u16;
+    let header = outer::build(peer, inner, id);
+
+    ctx.adjust_room(
+        OUTER_HEADER_LEN as i32,
+        BPF_ADJ_ROOM_MAC,
+        (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4) as u64,
+    )
+    .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
+    // Packet pointers are stale now; write the outer header through the store helper.
+    ctx.store(ETH_LEN, &header, 0)
+        .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
+    stats::count_tx(peer_idx, gso_segs.max(1) as u64, bytes);
+    Ok(())
+}

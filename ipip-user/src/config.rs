@@ -1,0 +1,477 @@
+//! The peers file: parsing and validation. Everything is checked here, before attach touches
+//! the system, and every error names the file, line and column at fault.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::Ipv4Addr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use ipip_common::{MAX_PEERS, MAX_ROUTES, PEER_NAME_LEN};
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A validated peers file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeersFile {
+    pub tunnel: Tunnel,
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Underlay source address; `None` means the interface's primary IPv4 address.
+    pub local: Option<Ipv4Addr>,
+    /// This host's tunnel address (`ip addr` on `tunl1` in the seed).
+    pub address: Option<Ipv4Net>,
+    pub ttl: Ttl,
+    pub tos: Tos,
+    pub pmtudisc: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    Inherit,
+    Fixed(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tos {
+    Inherit,
+    Fixed(u8),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub remote: Ipv4Addr,
+    /// Encapsulated toward this peer; also the inner sources accepted from it.
+    pub routes: Vec<Ipv4Net>,
+}
+
+/// A peers-file error, with the place it was found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read peers file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl PeersFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let err = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), e.message().into()))?;
+        validate(raw).map_err(|Located { span, message }| err(Some(span), message))
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.peers.iter().map(|p| p.routes.len()).sum()
+    }
+}
+
+impl fmt::Display for Ttl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ttl::Inherit => f.write_str("inherit"),
+            Ttl::Fixed(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+impl fmt::Display for Tos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tos::Inherit => f.write_str("inherit"),
+            Tos::Fixed(t) => write!(f, "{t:#04x}"),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    tunnel: Option<RawTunnel>,
+    #[serde(default, rename = "peer")]
+    peers: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    local: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    ttl: Option<Spanned<toml::Value>>,
+    tos: Option<Spanned<toml::Value>>,
+    pmtudisc: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Spanned<String>,
+    remote: Spanned<String>,
+    #[serde(default)]
+    routes: Vec<Spanned<String>>,
+}
+
+struct Located {
+    span: Range<usize>,
+    message: String,
+}
+
+fn at<T>(s: &Spanned<T>, message: String) -> Located {
+    Located {
+        span: s.span(),
+        message,
+    }
+}
+
+fn unicast(s: &Spanned<String>, what: &str) -> Result<Ipv4Addr, Located> {
+    let addr: Ipv4Addr = s.get_ref().trim().parse().map_err(|_| {
+        at(s, format!("{what} {:?} is not an IPv4 address (like \"192.0.2.1\")", s.get_ref()))
+    })?;
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+        return Err(at(s, format!("{what} {addr} is not a unicast address a tunnel can use")));
+    }
+    Ok(addr)
+}
+
+fn byte_or_inherit(s: &Spanned<toml::Value>, what: &str, min: i64) -> Result<Option<u8>, Located> {
+    match s.get_ref() {
+        toml::Value::String(v) if v == "inherit" => Ok(None),
+        toml::Value::Integer(v) if (min..=255).contains(v) => Ok(Some(*v as u8)),
+        other => Err(at(
+            s,
+            format!("{what} must be \"inherit\" or a number {min}..255, not {other}"),
+        )),
+    }
+}
+
+fn validate(raw: RawFile) -> Result<PeersFile, Located> {
+    let tunnel = match raw.tunnel {
+        None => Tunnel {
+            local: None,
+            address: None,
+            ttl: Ttl::Inherit,
+            tos: Tos::Fixed(0),
+            pmtudisc: true,
+        },
+        Some(t) => validate_tunnel(t)?,
+    };
+    if raw.peers.is_empty() {
+        return Err(Located {
+            span: 0..0,
+            message: "no [[peer]] sections: add at least one peer with name, remote and routes"
+                .into(),
+        });
+    }
+    if raw.peers.len() > MAX_PEERS as usize {
+        return Err(at(
+            &raw.peers[MAX_PEERS as usize],
+            format!("too many peers: at most {MAX_PEERS}"),
+        ));
+    }
+    let mut peers = Vec::with_capacity(raw.peers.len());
+    let mut names = HashMap::new();
+    let mut remotes = HashMap::new();
+    let mut prefixes: BTreeMap<Ipv4Net, String> = BTreeMap::new();
+    let mut route_spans = Vec::new();
+    for peer in &raw.peers {
+        let p = peer.get_ref();
+        let name = p.name.get_ref().clone();
+        if name.is_empty()
+            || name.len() >= PEER_NAME_LEN
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(at(
+                &p.name,
+                format!(
+                    "peer name {name:?} must be 1..{} characters of letters, digits, '-', '_' or '.'",
+                    PEER_NAME_LEN - 1
+                ),
+            ));
+        }
+        if names.insert(name.clone(), ()).is_some() {
+            return Err(at(&p.name, format!("peer name {name:?} is used twice")));
+        }
+        let remote = unicast(&p.remote, &format!("peer {name}: remote"))?;
+        if let Some(other) = remotes.insert(remote, name.clone()) {
+            return Err(at(
+                &p.remote,
+                format!("peer {name}: remote {remote} is already peer {other}'s remote"),
+            ));
+        }
+        if Some(remote) == tunnel.local {
+            return Err(at(
+                &p.remote,
+                format!("peer {name}: remote {remote} is this host's own [tunnel] local address"),
+            ));
+        }
+        if p.routes.is_empty() {
+            return Err(at(
+                peer,
+                format!("peer {name} has no routes: list the prefixes behind it, e.g. routes = [\"10.0.2.0/24\"]"),
+            ));
+        }
+        let mut routes = Vec::with_capacity(p.routes.len());
+        for r in &p.routes {
+            let text = r.get_ref().trim();
+            let net: Ipv4Net = text
+                .parse()
+                .or_else(|_| text.parse::<Ipv4Addr>().map(Ipv4Net::from))
+                .map_err(|_| {
+                    at(r, format!("peer {name}: route {text:?} is not an IPv4 prefix (like \"10.0.2.0/24\")"))
+                })?;
+            if net.trunc() != net {
+                return Err(at(
+                    r,
+                    format!(
+                        "peer {name}: route {net} has host bits set; did you mean {}?",
+                        net.trunc()
+                    ),
+                ));
+            }
+            if let Some(owner) = prefixes.insert(net, name.clone()) {
+                let whose = if owner == name { "this peer".to_string() } else { format!("peer {owner}") };
+                return Err(at(r, format!("peer {name}: route {net} is already routed to {whose}")));
+            }
+            route_spans.push((net, r.span()));
+            routes.push(net);
+        }
+        peers.push(Peer {
+            name,
+            remote,
+            routes,
+        });
+    }
+    if prefixes.len() > MAX_ROUTES as usize {
+        return Err(at(
+            &raw.peers[raw.peers.len() - 1],
+            format!("too many routes: at most {MAX_ROUTES}"),
+        ));
+    }
+    // A route covering a peer's underlay address would send the tunnel's own packets into the
+    // tunnel: refuse it rather than loop.
+    for (net, span) in &route_spans {
+        for peer in &peers {
+            if net.contains(&peer.remote) {
+                return Err(Located {
+                    span: span.clone(),
+                    message: format!(
+                        "route {net} contains peer {}'s remote address {}: the tunnel would route its own packets into itself",
+                        peer.name, peer.remote
+                    ),
+                });
+            }
+        }
+        if let Some(local) = tunnel.local.filter(|l| net.contains(l)) {
+            return Err(Located {
+                span: span.clone(),
+                message: format!("route {net} contains this host's [tunnel] local address {local}"),
+            });
+        }
+    }
+    Ok(PeersFile { tunnel, peers })
+}
+
+fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {
+    let local = t
+        .local
+        .as_ref()
+        .map(|l| unicast(l, "[tunnel] local"))
+        .transpose()?;
+    let address = match &t.address {
+        None => None,
+        Some(a) => {
+            let text = a.get_ref().trim();
+            let net: Ipv4Net = text.parse().map_err(|_| {
+                at(a, format!("[tunnel] address {text:?} must be an address with its prefix length, like \"10.0.1.1/24\""))
+            })?;
+            let addr = net.addr();
+            if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+                return Err(at(a, format!("[tunnel] address {addr} is not a unicast address")));
+            }
+            if net.prefix_len() < 31 && (addr == net.network() || addr == net.broadcast()) {
+                return Err(at(a, format!("[tunnel] address {net} is the network or broadcast address of its prefix: use a host address")));
+            }
+            Some(net)
+        }
+    };
+    let ttl = match &t.ttl {
+        None => Ttl::Inherit,
+        Some(v) => byte_or_inherit(v, "[tunnel] ttl", 1)?.map_or(Ttl::Inherit, Ttl::Fixed),
+    };
+    let tos = match &t.tos {
+        None => Tos::Fixed(0),
+        Some(v) => byte_or_inherit(v, "[tunnel] tos", 0)?.map_or(Tos::Inherit, Tos::Fixed),
+    };
+    let pmtudisc = t.pmtudisc.as_ref().is_none_or(|p| *p.get_ref());
+    // iproute2 refuses this combination too: a fixed TTL needs DF to be set.
+    if let (Ttl::Fixed(_), false, Some(p)) = (ttl, pmtudisc, &t.pmtudisc) {
+        return Err(at(
+            p,
+            "[tunnel] a fixed ttl and pmtudisc = false are incompatible (as in `ip tunnel`): use ttl = \"inherit\" or pmtudisc = true".into(),
+        ));
+    }
+    Ok(Tunnel {
+        local,
+        address,
+        ttl,
+        tos,
+        pmtudisc,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+[tunnel]
+local = "192.0.2.58"
+address = "10.200.100.100/24"
+ttl = "inherit"
+pmtudisc = true
+
+[[peer]]
+name = "calculon"
+remote = "192.0.2.129"
+routes = ["10.0.2.0/24", "10.10.10.0/24"]
+"#;
+
+    fn parse(text: &str) -> Result<PeersFile, ConfigError> {
+        PeersFile::parse(text, Path::new("peers.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn brief_example_parses() {
+        let f = parse(SEED).unwrap();
+        assert_eq!(f.tunnel.local, Some(Ipv4Addr::new(192, 0, 2, 58)));
+        assert_eq!(f.tunnel.address, Some("10.200.100.100/24".parse().unwrap()));
+        assert_eq!(f.tunnel.ttl, Ttl::Inherit);
+        assert_eq!(f.tunnel.tos, Tos::Fixed(0));
+        assert!(f.tunnel.pmtudisc);
+        assert_eq!(f.peers.len(), 1);
+        assert_eq!(f.peers[0].name, "calculon");
+        assert_eq!(f.peers[0].routes.len(), 2);
+        assert_eq!(f.route_count(), 2);
+    }
+
+    #[test]
+    fn defaults_follow_ip_tunnel() {
+        let f = parse("[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.0/8\"]\n")
+            .unwrap();
+        assert_eq!(f.tunnel.ttl, Ttl::Inherit);
+        assert_eq!(f.tunnel.tos, Tos::Fixed(0));
+        assert!(f.tunnel.pmtudisc);
+        assert_eq!(f.tunnel.local, None);
+    }
+
+    #[test]
+    fn bare_address_route_is_a_host_prefix() {
+        let f = parse("[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.7\"]\n")
+            .unwrap();
+        assert_eq!(f.peers[0].routes, vec!["10.0.0.7/32".parse::<Ipv4Net>().unwrap()]);
+    }
+
+    #[test]
+    fn fixed_ttl_and_tos() {
+        let f = parse("[tunnel]\nttl = 64\ntos = \"inherit\"\n[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.0/8\"]\n").unwrap();
+        assert_eq!(f.tunnel.ttl, Ttl::Fixed(64));
+        assert_eq!(f.tunnel.tos, Tos::Inherit);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let text = "[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.2.1/24\"]\n";
+        let e = error(text);
+        assert!(e.starts_with("peers.toml:4:11: "), "{e}");
+        assert!(e.contains("did you mean 10.0.2.0/24"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let e = error("[tunnel]\nlocal = \n");
+        assert!(e.starts_with("peers.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn refusals() {
+        let peer = |name: &str, remote: &str, routes: &str| {
+            format!("[[peer]]\nname = \"{name}\"\nremote = \"{remote}\"\nroutes = [{routes}]\n")
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (String::new(), "no [[peer]]"),
+            ("[tunnel]\nlocal = \"nope\"\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "not an IPv4 address"),
+            ("[tunnel]\nttl = 0\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "ttl must be"),
+            ("[tunnel]\nttl = 300\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "ttl must be"),
+            ("[tunnel]\nttl = 64\npmtudisc = false\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "incompatible"),
+            ("[tunnel]\naddress = \"10.0.1.1\"\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "prefix length"),
+            ("[tunnel]\naddress = \"10.0.1.0/24\"\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "network or broadcast"),
+            ("[tunnel]\nbogus = 1\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "unknown field"),
+            (peer("a", "192.0.2.1", "\"10.0.0.0/8\"") + &peer("a", "192.0.2.2", "\"10.1.0.0/16\""), "used twice"),
+            (peer("a", "192.0.2.1", "\"10.0.0.0/8\"") + &peer("b", "192.0.2.1", "\"10.1.0.0/16\""), "already peer a's remote"),
+            (peer("a", "192.0.2.1", "\"10.0.0.0/8\"") + &peer("b", "192.0.2.2", "\"10.0.0.0/8\""), "already routed to peer a"),
+            (peer("a", "192.0.2.1", ""), "has no routes"),
+            (peer("a", "192.0.2.1", "\"10.0.0.0/33\""), "not an IPv4 prefix"),
+            (peer("a", "192.0.2.1", "\"0.0.0.0/0\""), "contains peer a's remote"),
+            (peer("a", "224.0.0.1", "\"10.0.0.0/8\""), "not a unicast"),
+            (peer("bad name", "192.0.2.1", "\"10.0.0.0/8\""), "peer name"),
+            ("[tunnel]\nlocal = \"10.0.0.1\"\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "contains this host's"),
+        ];
+        for (text, want) in cases {
+            let e = error(&text);
+            assert!(e.contains(want), "for\n{text}\nwanted {want:?}, got {e}");
+            assert!(e.starts_with("peers.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn overlapping_prefixes_of_different_length_are_allowed() {
+        let f = parse("[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.0/8\"]\n[[peer]]\nname = \"b\"\nremote = \"192.0.2.2\"\nroutes = [\"10.1.0.0/16\"]\n").unwrap();
+        assert_eq!(f.peers.len(), 2);
+    }
+}

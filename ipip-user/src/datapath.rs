@@ -1,0 +1,124 @@
+//! The eBPF object: loading it, and writing a [`Plan`] into its maps.
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use ipip_common::{
+    PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_PEERS, MAP_PEER_BY_REMOTE,
+    MAP_PEER_NAMES, MAP_ROUTES, PROG_TC_EGRESS, PROG_XDP_DECAP,
+};
+
+use crate::plan::{peer_name, Plan};
+
+/// The embedded object, built by build.rs from ipip-ebpf.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipip"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel refused program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("the eBPF object has no {what} named {name} (object and loader out of step)")]
+    Missing { what: &'static str, name: &'static str },
+}
+
+pub struct Datapath {
+    pub ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the object and both programs into the kernel (maps created, nothing attached).
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        {
+            let xdp: &mut Xdp = prog_mut(&mut ebpf, PROG_XDP_DECAP)?;
+            xdp.load().map_err(|source| DatapathError::Program { name: PROG_XDP_DECAP, source })?;
+        }
+        {
+            let tc: &mut SchedClassifier = prog_mut(&mut ebpf, PROG_TC_EGRESS)?;
+            tc.load().map_err(|source| DatapathError::Program { name: PROG_TC_EGRESS, source })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
+        prog_mut(&mut self.ebpf, PROG_XDP_DECAP)
+    }
+
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        prog_mut(&mut self.ebpf, PROG_TC_EGRESS)
+    }
+
+    /// Writes the plan into the maps. Peers first, then routes: a route never points at a
+    /// peer slot that is not filled yet.
+    pub fn fill(&mut self, plan: &Plan) -> Result<(), DatapathError> {
+        let mut peers: Array<&mut MapData, PeerConfig> = map_mut(&mut self.ebpf, MAP_PEERS)?;
+        for p in &plan.peers {
+            peers
+                .set(p.index, p.config, 0)
+                .map_err(|source| DatapathError::Map { name: MAP_PEERS, source })?;
+        }
+        let mut names: Array<&mut MapData, PeerName> = map_mut(&mut self.ebpf, MAP_PEER_NAMES)?;
+        for p in &plan.peers {
+            names
+                .set(p.index, peer_name(&p.name), 0)
+                .map_err(|source| DatapathError::Map { name: MAP_PEER_NAMES, source })?;
+        }
+        let mut by_remote: HashMap<&mut MapData, [u8; 4], u32> =
+            map_mut(&mut self.ebpf, MAP_PEER_BY_REMOTE)?;
+        for p in &plan.peers {
+            by_remote
+                .insert(p.config.remote, p.index, 0)
+                .map_err(|source| DatapathError::Map { name: MAP_PEER_BY_REMOTE, source })?;
+        }
+        let mut routes: LpmTrie<&mut MapData, [u8; 4], u32> = map_mut(&mut self.ebpf, MAP_ROUTES)?;
+        for p in &plan.peers {
+            for r in &p.routes {
+                let key = Key::new(r.prefix_len() as u32, r.network().octets());
+                routes
+                    .insert(&key, p.index, 0)
+                    .map_err(|source| DatapathError::Map { name: MAP_ROUTES, source })?;
+            }
+        }
+        self.set_tunnel(&plan.tunnel)
+    }
+
+    pub fn set_tunnel(&mut self, tunnel: &TunnelConfig) -> Result<(), DatapathError> {
+        let mut config: Array<&mut MapData, TunnelConfig> = map_mut(&mut self.ebpf, MAP_CONFIG)?;
+        config
+            .set(0, *tunnel, 0)
+            .map_err(|source| DatapathError::Map { name: MAP_CONFIG, source })
+    }
+}
+
+fn prog_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Missing { what: "program", name })?;
+    prog.try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DatapathError::Missing { what: "map", name })?;
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
