@@ -1,10 +1,158 @@
-fn main() {
-    match ipip_user::datapath::Datapath::load() {
-        Ok(_) => println!("loaded"),
+use std::{fs::File, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+use ipip_user::{
+    attach,
+    cli::{Cli, Command},
+    config::PeersFile,
+    pins::PinDir,
+    privileges::require_admin,
+    stats, status,
+};
+
+fn main() -> ExitCode {
+    // Behave like other CLI tools when piped into `head`: end quietly on a closed pipe.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    let _ = unsafe {
+        nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            println!("{e}");
-            let mut s: &dyn std::error::Error = &e;
-            while let Some(x) = s.source() { println!("  {x}"); s = x; }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(ns) = &cli.netns {
+        enter_netns(ns)?;
+    }
+    // Single-threaded: the namespace entered above is per thread, and nothing here needs more.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(dispatch(cli.command))
+}
+
+fn enter_netns(name: &str) -> Result<()> {
+    let path = format!("/run/netns/{name}");
+    let f = File::open(&path)
+        .with_context(|| format!("network namespace {name} not found ({path}); see `ip netns list`"))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {name} (needs root)"))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Check { file, json } => {
+            let f = PeersFile::load(&file)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "file": file.display().to_string(),
+                    "ok": true,
+                    "peers": f.peers.len(),
+                    "routes": f.route_count(),
+                }))
+            } else {
+                println!(
+                    "{}: ok — {} peer(s), {} route(s), ttl {}, tos {}, pmtudisc {}",
+                    file.display(),
+                    f.peers.len(),
+                    f.route_count(),
+                    f.tunnel.ttl,
+                    f.tunnel.tos,
+                    if f.tunnel.pmtudisc { "on" } else { "off" }
+                );
+                Ok(())
+            }
+        }
+        Command::Attach {
+            interface,
+            peers,
+            xdp_mode,
+            json,
+        } => {
+            // The file is checked first: a bad file is reported the same way for everyone.
+            PeersFile::load(&peers)?;
+            require_admin("attach")?;
+            let a = attach::attach(&interface, &peers, xdp_mode).await?;
+            if json {
+                return print_json(&a);
+            }
+            println!(
+                "attached to {} ({} XDP + TC egress), local {}, tunnel MTU {}, {} peer(s)",
+                a.interface, a.xdp_mode, a.local, a.tunnel_mtu, a.peers
+            );
+            if let Some(addr) = &a.address {
+                println!(
+                    "tunnel address {addr} ({})",
+                    if a.address_added { "added" } else { "already present" }
+                );
+            }
+            for r in &a.routes {
+                println!("route {r}");
+            }
+            println!("pinned under {}", a.pin_dir);
+            Ok(())
+        }
+        Command::Detach { interface, json } => {
+            require_admin("detach")?;
+            let d = attach::detach(&interface).await?;
+            if json {
+                return print_json(&d);
+            }
+            println!(
+                "detached from {}: programs and pins removed, {} route(s) removed{}",
+                d.interface,
+                d.routes_removed,
+                d.address_removed
+                    .map(|a| format!(", address {a} removed"))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Stats { interface, json } => {
+            let dirs = match interface {
+                Some(i) => {
+                    let d = PinDir::for_interface(&i)?;
+                    anyhow::ensure!(
+                        d.exists(),
+                        "{i} is not attached in this network namespace; `ipip-user status` lists what is"
+                    );
+                    vec![d]
+                }
+                None => PinDir::list()?,
+            };
+            let snaps = dirs.iter().map(stats::read).collect::<Result<Vec<_>>>()?;
+            if json {
+                return print_json(&snaps);
+            }
+            if snaps.is_empty() {
+                println!("nothing attached in this network namespace");
+            }
+            for s in &snaps {
+                print!("{}", stats::render(s));
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let all = status::collect().await?;
+            if json {
+                return print_json(&all);
+            }
+            print!("{}", status::render(&all));
+            Ok(())
         }
     }
 }

@@ -1,0 +1,303 @@
+//! attach and detach: the lifecycle of one attachment. Attach validates everything it can
+//! before touching the system, and on any later failure undoes what it did; detach removes
+//! exactly what attach made.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{Array, MapData},
+    programs::{links::FdLink, xdp::XdpMode, TcAttachType},
+};
+use ipip_common::{TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_XDP_DECAP, TUNNEL_FLAG_ADDRESS_ADDED};
+
+use crate::{
+    config::PeersFile,
+    datapath::Datapath,
+    netif::{Link, Netlink},
+    pins::{ensure_bpffs, PinDir},
+    plan::{Plan, Underlay},
+};
+
+/// Which XDP mode to ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    Auto,
+    /// Driver mode only; fail if the driver can't.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
+}
+
+/// What attach did, for the report.
+#[derive(Debug, serde::Serialize)]
+pub struct Attached {
+    pub interface: String,
+    pub pin_dir: String,
+    pub xdp_mode: &'static str,
+    pub local: Ipv4Addr,
+    pub address: Option<String>,
+    pub address_added: bool,
+    pub tunnel_mtu: u32,
+    pub peers: usize,
+    pub routes: Vec<String>,
+}
+
+/// Everything attach resolved before making any change.
+struct Prepared {
+    link: Link,
+    dir: PinDir,
+    plan: Plan,
+    /// Next hop toward each peer's remote, by peer index.
+    next_hops: Vec<Option<Ipv4Addr>>,
+    address_present: bool,
+}
+
+async fn prepare(nl: &Netlink, interface: &str, peers_path: &Path) -> Result<Prepared> {
+    let file = PeersFile::load(peers_path)?;
+    let link = nl.link(interface).await?;
+    let dir = PinDir::for_interface(interface)?;
+    if dir.exists() {
+        bail!(
+            "{interface} is already attached (pins in {}): nothing changed. Run `ipip-user detach {interface}` first, then attach again",
+            dir.path.display()
+        );
+    }
+    let addrs = nl.ipv4_addresses().await?;
+    let local = match file.tunnel.local {
+        Some(l) => {
+            if !addrs.iter().any(|(a, _, _)| *a == l) {
+                bail!(
+                    "{}: [tunnel] local {l} is not an address of this host; the peer would send to an address nobody here owns (see `ip -4 addr`)",
+                    peers_path.display()
+                );
+            }
+            l
+        }
+        None => addrs
+            .iter()
+            .find(|(_, _, idx)| *idx == link.index)
+            .map(|(a, _, _)| *a)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{interface} has no IPv4 address to use as the tunnel's underlay source: add one, or set [tunnel] local in {}",
+                    peers_path.display()
+                )
+            })?,
+    };
+    let mut next_hops = Vec::with_capacity(file.peers.len());
+    for peer in &file.peers {
+        let hop = nl
+            .route_get(peer.remote)
+            .await
+            .with_context(|| format!("peer {} ({}) is unreachable", peer.name, peer.remote))?;
+        if hop.oif != link.index {
+            let via = nl
+                .link_by_index(hop.oif)
+                .await?
+                .map_or_else(|| format!("interface #{}", hop.oif), |l| l.name);
+            bail!(
+                "peer {} ({}) is reached through {via}, not {interface}: attach to {via}, or fix the underlay route",
+                peer.name,
+                peer.remote
+            );
+        }
+        next_hops.push(hop.gateway);
+    }
+    let address_present = file
+        .tunnel
+        .address
+        .is_some_and(|n| addrs.iter().any(|(a, _, _)| *a == n.addr()));
+    let plan = Plan::new(
+        &file,
+        &Underlay {
+            ifindex: link.index,
+            mtu: link.mtu,
+            local,
+        },
+    );
+    Ok(Prepared {
+        link,
+        dir,
+        plan,
+        next_hops,
+        address_present,
+    })
+}
+
+pub async fn attach(interface: &str, peers_path: &Path, mode: XdpModeArg) -> Result<Attached> {
+    let nl = Netlink::open()?;
+    let prepared = prepare(&nl, interface, peers_path).await?;
+    ensure_bpffs()?;
+    let mut address_added = false;
+    match install(&nl, &prepared, mode, &mut address_added).await {
+        Ok(attached) => Ok(attached),
+        Err(e) => {
+            log::debug!("attach failed, rolling back: {e:#}");
+            let added = prepared.plan.address.filter(|_| address_added);
+            let cleanup = teardown(&nl, &prepared.dir, prepared.link.index, added).await;
+            match cleanup {
+                Ok(()) => Err(e.context(format!("attach to {interface} failed; nothing was left behind"))),
+                Err(c) => Err(e.context(format!(
+                    "attach to {interface} failed, and cleaning up failed too ({c:#}); run `ipip-user detach {interface}`"
+                ))),
+            }
+        }
+    }
+}
+
+async fn install(
+    nl: &Netlink,
+    p: &Prepared,
+    mode: XdpModeArg,
+    address_added: &mut bool,
+) -> Result<Attached> {
+    let iface = &p.link.name;
+    let mut dp = Datapath::load()?;
+    dp.fill(&p.plan)?;
+    p.dir
+        .create()
+        .with_context(|| format!("creating pin folder {}", p.dir.path.display()))?;
+    for (name, map) in dp.ebpf.maps() {
+        map.pin(p.dir.map(name))
+            .with_context(|| format!("pinning map {name}"))?;
+    }
+    dp.xdp()?.pin(p.dir.prog(PROG_XDP_DECAP)).context("pinning the XDP program")?;
+    dp.tc()?.pin(p.dir.prog(PROG_TC_EGRESS)).context("pinning the TC program")?;
+
+    let xdp_mode = attach_xdp(&mut dp, p, mode)?;
+
+    let tc = dp.tc()?;
+    let id = tc
+        .attach(iface, TcAttachType::Egress)
+        .with_context(|| format!("attaching the TC egress program to {iface}"))?;
+    let link: FdLink = tc
+        .take_link(id)?
+        .try_into()
+        .map_err(|_| anyhow!("the kernel attached TC through netlink, not a TCX link: ipip needs Linux >= 6.6"))?;
+    link.pin(p.dir.link("tc_egress"))
+        .context("pinning the TC link")?;
+
+    let mut tunnel = p.plan.tunnel;
+    let src = p.plan.address.map(|a| a.addr());
+    if let Some(addr) = p.plan.address.filter(|_| !p.address_present) {
+        nl.add_address(p.link.index, addr).await?;
+        *address_added = true;
+        tunnel.flags |= TUNNEL_FLAG_ADDRESS_ADDED;
+        dp.set_tunnel(&tunnel)?;
+    }
+    let mut routes = Vec::new();
+    for (peer, hop) in p.plan.peers.iter().zip(&p.next_hops) {
+        // Via the underlay next hop toward the peer: the Ethernet header the kernel builds is
+        // then already right for the encapsulated packet, on-link peer or behind a router.
+        let gateway = Some(hop.unwrap_or(Ipv4Addr::from(peer.config.remote)));
+        for r in &peer.routes {
+            nl.add_route(*r, gateway, p.link.index, src, p.plan.tunnel_mtu)
+                .await
+                .with_context(|| format!("installing the route for peer {}", peer.name))?;
+            routes.push(format!("{r} via {} ({})", gateway.unwrap_or(Ipv4Addr::UNSPECIFIED), peer.name));
+        }
+    }
+    Ok(Attached {
+        interface: iface.clone(),
+        pin_dir: p.dir.path.display().to_string(),
+        xdp_mode,
+        local: Ipv4Addr::from(p.plan.tunnel.local),
+        address: p.plan.address.map(|a| a.to_string()),
+        address_added: *address_added,
+        tunnel_mtu: p.plan.tunnel_mtu,
+        peers: p.plan.peers.len(),
+        routes,
+    })
+}
+
+fn attach_xdp(dp: &mut Datapath, p: &Prepared, mode: XdpModeArg) -> Result<&'static str> {
+    let iface = &p.link.name;
+    let tries: &[(XdpMode, &'static str)] = match mode {
+        XdpModeArg::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        XdpModeArg::Native => &[(XdpMode::Driver, "native")],
+        XdpModeArg::Generic => &[(XdpMode::Skb, "generic")],
+    };
+    let xdp = dp.xdp()?;
+    let mut last = None;
+    for (m, label) in tries {
+        match xdp.attach_to_if_index(p.link.index, *m) {
+            Ok(id) => {
+                let link: FdLink = xdp.take_link(id)?.try_into().map_err(|_| {
+                    anyhow!("XDP on {iface} attached through legacy netlink instead of a bpf_link; it could not be pinned and has been removed")
+                })?;
+                link.pin(p.dir.link("xdp")).context("pinning the XDP link")?;
+                return Ok(label);
+            }
+            Err(e) => {
+                log::info!("{label} XDP on {iface} failed: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    let e = last.expect("at least one mode is tried");
+    Err(anyhow::Error::new(e).context(format!(
+        "attaching XDP to {iface} (is another XDP program attached? see `ip link show {iface}`)"
+    )))
+}
+
+/// Removes routes tagged as ours on `ifindex`, the tunnel address if attach added it, and
+/// every pin. Used by detach and by a failed attach.
+async fn teardown(
+    nl: &Netlink,
+    dir: &PinDir,
+    ifindex: u32,
+    added_address: Option<ipnet::Ipv4Net>,
+) -> Result<()> {
+    let mut first_err = None;
+    for r in nl.our_routes(ifindex).await? {
+        if let Err(e) = nl.del_route(r).await {
+            first_err.get_or_insert(anyhow::Error::new(e));
+        }
+    }
+    if let Some(addr) = added_address {
+        if let Err(e) = nl.del_address(ifindex, addr).await {
+            first_err.get_or_insert(anyhow::Error::new(e));
+        }
+    }
+    if let Err(e) = dir.remove() {
+        first_err.get_or_insert(anyhow::Error::new(e).context(format!("removing {}", dir.path.display())));
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Detached {
+    pub interface: String,
+    pub routes_removed: usize,
+    pub address_removed: Option<String>,
+}
+
+pub async fn detach(interface: &str) -> Result<Detached> {
+    let dir = PinDir::for_interface(interface)?;
+    if !dir.exists() {
+        bail!("{interface} is not attached in this network namespace (nothing under {}); `ipip-user status` lists what is", dir.path.display());
+    }
+    let nl = Netlink::open()?;
+    let tunnel = read_tunnel(&dir)
+        .with_context(|| format!("reading {}", dir.map(MAP_CONFIG).display()))?;
+    let routes_removed = nl.our_routes(tunnel.ifindex).await?.len();
+    let address = (tunnel.flags & TUNNEL_FLAG_ADDRESS_ADDED != 0).then(|| {
+        ipnet::Ipv4Net::new(Ipv4Addr::from(tunnel.address), tunnel.address_prefix_len as u8)
+            .expect("prefix length was validated at attach")
+    });
+    teardown(&nl, &dir, tunnel.ifindex, address).await?;
+    Ok(Detached {
+        interface: interface.to_string(),
+        routes_removed,
+        address_removed: address.map(|a| a.to_string()),
+    })
+}
+
+/// The tunnel settings of an attachment, from its pinned config map.
+pub fn read_tunnel(dir: &PinDir) -> Result<TunnelConfig> {
+    let data = MapData::from_pin(dir.map(MAP_CONFIG))?;
+    let map: Array<MapData, TunnelConfig> = Array::try_from(aya::maps::Map::Array(data))?;
+    Ok(map.get(&0, 0)?)
+}

@@ -1,0 +1,79 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::attach::XdpModeArg;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ipip-user",
+    version,
+    about = "IPIP (RFC 2003) tunnel endpoint with an XDP/TC eBPF data path",
+    long_about = "IPIP (RFC 2003, IPv4 in IPv4) tunnel endpoint whose data path runs as XDP and TC \
+eBPF programs. `attach` loads it onto an underlay interface from a peers file and exits; the data \
+path stays, pinned under /sys/fs/bpf/ipip/. Wire-compatible with Linux's `ip tunnel ... mode ipip`.",
+    after_help = "Examples:
+  ipip-user check peers.toml                   validate a peers file, touch nothing
+  ipip-user attach eth0 --peers peers.toml     load, attach, pin, install routes
+  ipip-user status                             what is attached in this namespace
+  ipip-user stats eth0                         per-peer and per-reason counters
+  ipip-user stats --json                       the same for scripts
+  ipip-user detach eth0                        remove exactly what attach made
+  ipip-user --netns calculon stats             run inside network namespace calculon
+
+Diagnostics: RUST_LOG=debug ipip-user ..."
+)]
+pub struct Cli {
+    /// Run in the named network namespace (/run/netns/NAME), like `ip -n NAME`.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the data path to an underlay interface, fill it from a peers file, install
+    /// routes, pin everything, and exit.
+    #[command(after_help = "Example:\n  ipip-user attach eth0 --peers /etc/ipip/peers.toml")]
+    Attach {
+        /// Underlay interface (the one that reaches the peers).
+        interface: String,
+        /// Peers file (TOML): [tunnel] settings and one [[peer]] per remote endpoint.
+        #[arg(long, short, value_name = "FILE")]
+        peers: PathBuf,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: XdpModeArg,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the programs, pins, routes and address that attach made.
+    Detach {
+        interface: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-peer traffic and every drop / hand-off counter, from the pinned maps.
+    Stats {
+        /// Only this interface (default: every attachment in this namespace).
+        interface: Option<String>,
+        /// One JSON array of per-interface objects.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What is attached in this network namespace.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a peers file without touching anything.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,260 @@
+//! Interfaces, addresses and routes over rtnetlink, in the current network namespace.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags, AddressMessage},
+    link::{LinkAttribute, LinkFlags},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope},
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+/// Protocol tag on the routes attach installs (`ip route show proto 156`): detach removes
+/// exactly these, on exactly that interface.
+pub const ROUTE_PROTO: u8 = 156;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("interface {0} does not exist in this network namespace (see `ip link`)")]
+    NoSuchInterface(String),
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        what: String,
+        source: rtnetlink::Error,
+    },
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+/// Where the kernel sends packets for one destination (`ip route get`).
+#[derive(Clone, Debug)]
+pub struct NextHop {
+    pub oif: u32,
+    /// `None` when the destination is on-link.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Netlink { what, source }
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the current namespace; must run inside a tokio runtime.
+    pub fn open() -> Result<Self, NetError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Link, NetError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(link_from(msg)),
+            Ok(None) => Err(NetError::NoSuchInterface(name.into())),
+            // The kernel answers ENODEV for an unknown name.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => {
+                Err(NetError::NoSuchInterface(name.into()))
+            }
+            Err(e) => Err(nl(format!("looking up interface {name}"))(e)),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(m) => Ok(m.map(link_from)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
+            Err(e) => Err(nl(format!("looking up interface {index}"))(e)),
+        }
+    }
+
+    /// IPv4 addresses as (address, prefix length, interface index), primary ones first.
+    pub async fn ipv4_addresses(&self) -> Result<Vec<(Ipv4Addr, u8, u32)>, NetError> {
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(msg) = addrs.try_next().await.map_err(nl("listing addresses"))? {
+            if let Some(a) = ipv4_of(&msg) {
+                out.push((a, msg.header.prefix_len, msg.header.index));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn route_get(&self, dst: Ipv4Addr) -> Result<NextHop, NetError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut routes = self.handle.route().get(msg).execute();
+        let route = routes
+            .try_next()
+            .await
+            .map_err(nl(format!("looking up the route to {dst}")))?
+            .ok_or_else(|| NetError::Netlink {
+                what: format!("no route to {dst}"),
+                source: rtnetlink::Error::RequestFailed,
+            })?;
+        let mut hop = NextHop { oif: 0, gateway: None };
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::Oif(i) => hop.oif = *i,
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => hop.gateway = Some(*g),
+                _ => {}
+            }
+        }
+        Ok(hop)
+    }
+
+    /// Adds `addr` without the prefix route the kernel would add for it: the tunnel's
+    /// prefixes are routed by attach, not by the address.
+    pub async fn add_address(&self, index: u32, addr: Ipv4Net) -> Result<(), NetError> {
+        let mut req = self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len());
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+        req.execute()
+            .await
+            .map_err(nl(format!("adding address {addr}")))
+    }
+
+    pub async fn del_address(&self, index: u32, addr: Ipv4Net) -> Result<(), NetError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = netlink_packet_route::AddressFamily::Inet;
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.index = index;
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        self.handle
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("removing address {addr}")))
+    }
+
+    /// `ip route add PREFIX [via GW] dev OIF [src SRC] mtu MTU proto 156`.
+    pub async fn add_route(
+        &self,
+        prefix: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        oif: u32,
+        src: Option<Ipv4Addr>,
+        mtu: u32,
+    ) -> Result<(), NetError> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(prefix.network(), prefix.prefix_len())
+            .output_interface(oif)
+            .protocol(RouteProtocol::Other(ROUTE_PROTO));
+        if let Some(g) = gateway {
+            b = b.gateway(g);
+        } else {
+            b = b.scope(RouteScope::Link);
+        }
+        if let Some(s) = src {
+            b = b.pref_source(s);
+        }
+        let mut msg = b.build();
+        msg.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("adding route {prefix}")))
+    }
+
+    /// Routes tagged with our protocol on interface `oif`.
+    pub async fn our_routes(&self, oif: u32) -> Result<Vec<RouteMessage>, NetError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
+            let ours = u8::from(r.header.protocol) == ROUTE_PROTO;
+            let on_if = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif));
+            if ours && on_if {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn del_route(&self, route: RouteMessage) -> Result<(), NetError> {
+        let what = format!("removing route {}", describe_route(&route));
+        self.handle
+            .route()
+            .del(route)
+            .execute()
+            .await
+            .map_err(nl(what))
+    }
+}
+
+/// `10.0.2.0/24` of a route message.
+pub fn describe_route(r: &RouteMessage) -> String {
+    let dst = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+        _ => None,
+    });
+    format!(
+        "{}/{}",
+        dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        r.header.destination_prefix_length
+    )
+}
+
+fn link_from(msg: netlink_packet_route::link::LinkMessage) -> Link {
+    let mut link = Link {
+        name: String::new(),
+        index: msg.header.index,
+        mtu: 1500,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Mtu(m) => link.mtu = m,
+            _ => {}
+        }
+    }
+    link
+}
+
+fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
+    // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer's on point-to-point).
+    let mut found = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(a)) => return Some(*a),
+            AddressAttribute::Address(IpAddr::V4(a)) => found = Some(*a),
+            _ => {}
+        }
+    }
+    found
+}
+
+const fn libc_enodev() -> i32 {
+    19
+}

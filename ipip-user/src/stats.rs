@@ -1,0 +1,117 @@
+//! Counters, read from the pinned maps by any process: per peer, and per drop/hand-off reason.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use ipip_common::{
+    PeerConfig, PeerCounters, PeerName, Reason, MAP_PEERS, MAP_PEER_NAMES, MAP_PEER_STATS,
+    MAP_REASONS,
+};
+
+use crate::{attach::read_tunnel, pins::PinDir, plan::peer_name_str};
+
+#[derive(Debug, serde::Serialize)]
+pub struct Snapshot {
+    pub interface: String,
+    pub netns: u64,
+    pub local: Ipv4Addr,
+    pub address: Option<String>,
+    pub peers: Vec<PeerStats>,
+    /// Every reason by name, zero or not, so scripts can rely on the keys.
+    pub reasons: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PeerStats {
+    pub name: String,
+    pub remote: Ipv4Addr,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+fn open(dir: &PinDir, name: &str) -> Result<MapData> {
+    MapData::from_pin(dir.map(name)).with_context(|| {
+        format!(
+            "opening pinned map {} (is the attachment complete? `ipip-user status`)",
+            dir.map(name).display()
+        )
+    })
+}
+
+pub fn read(dir: &PinDir) -> Result<Snapshot> {
+    let tunnel = read_tunnel(dir)?;
+    let peers: Array<MapData, PeerConfig> = Array::try_from(Map::Array(open(dir, MAP_PEERS)?))?;
+    let names: Array<MapData, PeerName> =
+        Array::try_from(Map::Array(open(dir, MAP_PEER_NAMES)?))?;
+    let peer_stats: PerCpuArray<MapData, PeerCounters> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(dir, MAP_PEER_STATS)?))?;
+    let reasons_map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(dir, MAP_REASONS)?))?;
+
+    let mut out_peers = Vec::new();
+    for i in 0..tunnel.peer_count {
+        let cfg = peers.get(&i, 0)?;
+        if cfg.in_use == 0 {
+            continue;
+        }
+        let mut sum = PeerCounters::default();
+        for c in peer_stats.get(&i, 0)?.iter() {
+            sum.rx_packets += c.rx_packets;
+            sum.rx_bytes += c.rx_bytes;
+            sum.tx_packets += c.tx_packets;
+            sum.tx_bytes += c.tx_bytes;
+        }
+        out_peers.push(PeerStats {
+            name: peer_name_str(&names.get(&i, 0)?),
+            remote: Ipv4Addr::from(cfg.remote),
+            rx_packets: sum.rx_packets,
+            rx_bytes: sum.rx_bytes,
+            tx_packets: sum.tx_packets,
+            tx_bytes: sum.tx_bytes,
+        });
+    }
+    let mut reasons = BTreeMap::new();
+    for r in Reason::ALL {
+        let n: u64 = reasons_map.get(&(r as u32), 0)?.iter().sum();
+        reasons.insert(r.name(), n);
+    }
+    Ok(Snapshot {
+        interface: dir.interface.clone(),
+        netns: dir.netns,
+        local: Ipv4Addr::from(tunnel.local),
+        address: (tunnel.address != [0; 4])
+            .then(|| format!("{}/{}", Ipv4Addr::from(tunnel.address), tunnel.address_prefix_len)),
+        peers: out_peers,
+        reasons,
+    })
+}
+
+/// Human-readable rendering, in the spirit of `ip -s link` and `wg show`.
+pub fn render(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "interface {}  local {}  tunnel address {}",
+        s.interface,
+        s.local,
+        s.address.as_deref().unwrap_or("none")
+    );
+    for p in &s.peers {
+        let _ = writeln!(o, "  peer {}  remote {}", p.name, p.remote);
+        let _ = writeln!(
+            o,
+            "    rx {} packets, {} bytes    tx {} packets, {} bytes",
+            p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes
+        );
+    }
+    let _ = writeln!(o, "  drops and hand-offs to the kernel:");
+    for r in Reason::ALL {
+        let n = s.reasons.get(r.name()).copied().unwrap_or(0);
+        let kind = if r.is_drop() { "drop" } else { "pass" };
+        let _ = writeln!(o, "    {:<22} {:>12}  {kind}: {}", r.name(), n, r.help());
+    }
+    o
+}

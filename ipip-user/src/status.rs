@@ -1,0 +1,83 @@
+//! What is attached in this namespace, and whether it is intact.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use crate::{attach::read_tunnel, netif::Netlink, pins::PinDir};
+
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub interface: String,
+    pub netns: u64,
+    pub pin_dir: String,
+    pub ifindex: u32,
+    /// `ok`, or what is wrong.
+    pub state: String,
+    pub local: String,
+    pub address: Option<String>,
+    pub peers: u32,
+    pub routes_installed: usize,
+    pub xdp_link_pinned: bool,
+    pub tc_link_pinned: bool,
+}
+
+pub async fn collect() -> Result<Vec<Status>> {
+    let nl = Netlink::open()?;
+    let mut out = Vec::new();
+    for dir in PinDir::list()? {
+        let xdp = dir.link("xdp").exists();
+        let tc = dir.link("tc_egress").exists();
+        let (state, ifindex, local, address, peers, routes) = match read_tunnel(&dir) {
+            Err(e) => (format!("incomplete: {e:#}; run `ipip-user detach {}`", dir.interface), 0, String::new(), None, 0, 0),
+            Ok(t) => {
+                let link = nl.link_by_index(t.ifindex).await?;
+                let state = match link {
+                    Some(l) if l.name == dir.interface && xdp && tc => "ok".to_string(),
+                    Some(l) if l.name == dir.interface => "programs missing: run `ipip-user detach` and attach again".to_string(),
+                    _ => format!("interface gone: run `ipip-user detach {}`", dir.interface),
+                };
+                let address = (t.address != [0; 4]).then(|| {
+                    format!("{}/{}", std::net::Ipv4Addr::from(t.address), t.address_prefix_len)
+                });
+                let routes = nl.our_routes(t.ifindex).await?.len();
+                (state, t.ifindex, std::net::Ipv4Addr::from(t.local).to_string(), address, t.peer_count, routes)
+            }
+        };
+        out.push(Status {
+            interface: dir.interface.clone(),
+            netns: dir.netns,
+            pin_dir: dir.path.display().to_string(),
+            ifindex,
+            state,
+            local,
+            address,
+            peers,
+            routes_installed: routes,
+            xdp_link_pinned: xdp,
+            tc_link_pinned: tc,
+        });
+    }
+    Ok(out)
+}
+
+pub fn render(all: &[Status]) -> String {
+    if all.is_empty() {
+        return "nothing attached in this network namespace\n".into();
+    }
+    let mut o = String::new();
+    for s in all {
+        let _ = writeln!(
+            o,
+            "{}: {}  local {}  tunnel address {}  peers {}  routes {}  pins {}",
+            s.interface,
+            s.state,
+            s.local,
+            s.address.as_deref().unwrap_or("none"),
+            s.peers,
+            s.routes_installed,
+            s.pin_dir
+        );
+    }
+    o
+}

@@ -1,0 +1,532 @@
+//! Shared machinery of the packet tests: loading a data path from a peers file, building frames
+//! with an independent packet library (etherparse, never our own encoder), running the programs
+//! with `BPF_PROG_TEST_RUN`, reading the counters, and checking a table of cases.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
+
+use aya::{
+    maps::PerCpuArray,
+    programs::{ProgramError, TestRun, TestRunOptions},
+};
+use etherparse::{
+    ArpEthIpv4Packet, ArpOperation, EtherType, Ethernet2Header, IpDscp, IpEcn, IpFragOffset,
+    IpHeaders, IpNumber, Ipv4Header, PacketBuilder,
+};
+use ipip_common::{PeerCounters, Reason, MAP_PEER_STATS, MAP_REASONS, REASON_COUNT};
+use ipip_user::{
+    config::PeersFile,
+    datapath::Datapath,
+    plan::{Plan, Underlay},
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+
+/// Destination and source MAC of every test frame.
+pub const MAC_DST: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+pub const MAC_SRC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+
+/// Our underlay address in every single-ended test.
+pub const LOCAL: [u8; 4] = [192, 0, 2, 58];
+
+/// Fails the test with a clear message unless we can run BPF_PROG_TEST_RUN.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "packet tests need root (BPF_PROG_TEST_RUN)"
+    );
+}
+
+/// Loads the object and fills its maps from `toml` on a 1500-byte underlay with address `local`.
+pub fn datapath(toml: &str, local: [u8; 4]) -> Datapath {
+    require_root();
+    let file = PeersFile::parse(toml, Path::new("test.toml")).expect("test peers file parses");
+    let plan = Plan::new(
+        &file,
+        &Underlay {
+            ifindex: 1,
+            mtu: 1500,
+            local: Ipv4Addr::from(local),
+        },
+    );
+    let mut dp = Datapath::load().unwrap_or_else(|e| {
+        panic!("packet tests need root (BPF_PROG_TEST_RUN); loading the data path failed: {e}")
+    });
+    dp.fill(&plan).expect("filling the maps");
+    dp
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames, all built with etherparse.
+
+/// Fields of an IPv4 header a test cares about; everything else is etherparse's default.
+#[derive(Clone, Debug)]
+pub struct V4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub ttl: u8,
+    /// Whole TOS byte: DSCP << 2 | ECN.
+    pub tos: u8,
+    pub id: u16,
+    pub df: bool,
+    pub mf: bool,
+    /// Fragment offset in 8-byte units.
+    pub frag_offset: u16,
+    pub options: Vec<u8>,
+}
+
+impl V4 {
+    pub fn new(src: [u8; 4], dst: [u8; 4]) -> Self {
+        V4 {
+            src,
+            dst,
+            ttl: 64,
+            tos: 0,
+            id: 0x1c46,
+            df: true,
+            mf: false,
+            frag_offset: 0,
+            options: Vec::new(),
+        }
+    }
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    pub fn tos(mut self, tos: u8) -> Self {
+        self.tos = tos;
+        self
+    }
+    pub fn id(mut self, id: u16) -> Self {
+        self.id = id;
+        self
+    }
+    pub fn df(mut self, df: bool) -> Self {
+        self.df = df;
+        self
+    }
+    pub fn mf(mut self, mf: bool) -> Self {
+        self.mf = mf;
+        self
+    }
+    pub fn frag_offset(mut self, units: u16) -> Self {
+        self.frag_offset = units;
+        self
+    }
+    pub fn options(mut self, options: &[u8]) -> Self {
+        self.options = options.to_vec();
+        self
+    }
+
+    /// The etherparse header for a payload of `payload_len` bytes, checksum computed by
+    /// etherparse.
+    pub fn header(&self, protocol: IpNumber, payload_len: usize) -> Ipv4Header {
+        let mut h = Ipv4Header::new(0, self.ttl, protocol, self.src, self.dst).unwrap();
+        h.dscp = IpDscp::try_new(self.tos >> 2).unwrap();
+        h.ecn = IpEcn::try_new(self.tos & 0b11).unwrap();
+        h.identification = self.id;
+        h.dont_fragment = self.df;
+        h.more_fragments = self.mf;
+        h.fragment_offset = IpFragOffset::try_new(self.frag_offset).unwrap();
+        h.set_options(&self.options).unwrap();
+        h.set_payload_len(payload_len).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        h
+    }
+}
+
+fn ip_headers(v4: &V4) -> IpHeaders {
+    // Length, protocol and checksum are filled in by PacketBuilder.
+    IpHeaders::Ipv4(v4.header(IpNumber::ICMP, 0), Default::default())
+}
+
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+/// An ICMP echo request IPv4 packet of `total_len` bytes (>= 28).
+pub fn icmp(v4: &V4, total_len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ip(ip_headers(v4)).icmpv4_echo_request(0x4242, 7);
+    let mut out = Vec::new();
+    b.write(&mut out, &payload(total_len - 28 - v4.options.len()))
+        .unwrap();
+    assert_eq!(out.len(), total_len);
+    out
+}
+
+/// A UDP IPv4 packet of `total_len` bytes (>= 28).
+pub fn udp(v4: &V4, total_len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ip(ip_headers(v4)).udp(40000, 53);
+    let mut out = Vec::new();
+    b.write(&mut out, &payload(total_len - 28 - v4.options.len()))
+        .unwrap();
+    assert_eq!(out.len(), total_len);
+    out
+}
+
+/// A UDP IPv6 packet (not an Ethernet frame).
+pub fn udp6(len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ipv6(
+        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        64,
+    )
+    .udp(40000, 53);
+    let mut out = Vec::new();
+    b.write(&mut out, &payload(len - 48)).unwrap();
+    out
+}
+
+/// `payload` behind an Ethernet header with the test MACs.
+pub fn eth(ether_type: EtherType, payload: &[u8]) -> Vec<u8> {
+    let mut out = Ethernet2Header {
+        source: MAC_SRC,
+        destination: MAC_DST,
+        ether_type,
+    }
+    .to_bytes()
+    .to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An IPv4 packet in an Ethernet frame.
+pub fn eth4(packet: &[u8]) -> Vec<u8> {
+    eth(EtherType::IPV4, packet)
+}
+
+/// An IPv6 packet in an Ethernet frame.
+pub fn eth6(packet: &[u8]) -> Vec<u8> {
+    eth(EtherType::IPV6, packet)
+}
+
+/// An ARP request in an Ethernet frame.
+pub fn arp() -> Vec<u8> {
+    let arp = ArpEthIpv4Packet {
+        operation: ArpOperation::REQUEST,
+        sender_mac: MAC_SRC,
+        sender_ipv4: [192, 0, 2, 129],
+        target_mac: [0; 6],
+        target_ipv4: LOCAL,
+    };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_SRC, MAC_DST)
+        .arp(arp.to_arp_packet())
+        .write(&mut out)
+        .unwrap();
+    out
+}
+
+/// The outer IPv4 header of an IPIP packet carrying `inner_len` bytes, as etherparse builds it.
+pub fn outer_header(outer: &V4, inner_len: usize) -> Ipv4Header {
+    outer.header(IpNumber::IPV4, inner_len)
+}
+
+/// An IPIP frame: Ethernet + outer header (`outer`, protocol 4) + `inner`.
+pub fn ipip(outer: &V4, inner: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_SRC, MAC_DST)
+        .ip(IpHeaders::Ipv4(
+            outer.header(IpNumber::IPV4, 0),
+            Default::default(),
+        ))
+        .write(&mut out, IpNumber::IPV4, inner)
+        .unwrap();
+    out
+}
+
+/// An IPIP frame whose outer total length is `tot_len` whatever the real length (checksum
+/// still valid), for truncation cases.
+pub fn ipip_with_tot_len(outer: &V4, tot_len: u16, inner: &[u8]) -> Vec<u8> {
+    let mut h = outer.header(IpNumber::IPV4, 0);
+    h.total_len = tot_len;
+    h.header_checksum = h.calc_header_checksum();
+    let mut out = eth4(&h.to_bytes());
+    out.extend_from_slice(inner);
+    out
+}
+
+/// Asserts that the IPv4 header at the start of `packet` has a valid checksum (etherparse).
+pub fn assert_ipv4_checksum(what: &str, packet: &[u8]) -> Result<(), String> {
+    let (h, _) = Ipv4Header::from_slice(packet)
+        .map_err(|e| format!("{what}: etherparse cannot parse the IPv4 header: {e}"))?;
+    if h.calc_header_checksum() != h.header_checksum {
+        return Err(format!(
+            "{what}: IPv4 header checksum {:#06x}, etherparse computes {:#06x}",
+            h.header_checksum,
+            h.calc_header_checksum()
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running programs.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prog {
+    Xdp,
+    Tc,
+}
+
+/// Runs `prog` once on `frame`: (return value, output frame).
+pub fn run(dp: &mut Datapath, prog: Prog, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+    let mut out = vec![0u8; 4096];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let r = match prog {
+        Prog::Xdp => dp.xdp().expect("xdp program").test_run(opts)?,
+        Prog::Tc => dp.tc().expect("tc program").test_run(opts)?,
+    };
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    pub reasons: Vec<u64>,
+    pub peers: Vec<PeerCounters>,
+}
+
+/// Sums every reason and the first `peers` peer slots over all CPUs.
+pub fn counters(dp: &Datapath, peers: u32) -> Counters {
+    let reasons_map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(dp.ebpf.map(MAP_REASONS).expect("reasons map")).unwrap();
+    let reasons = (0..REASON_COUNT)
+        .map(|i| reasons_map.get(&i, 0).unwrap().iter().sum())
+        .collect();
+    let stats: PerCpuArray<_, PeerCounters> =
+        PerCpuArray::try_from(dp.ebpf.map(MAP_PEER_STATS).expect("peer_stats map")).unwrap();
+    let peers = (0..peers)
+        .map(|i| {
+            stats
+                .get(&i, 0)
+                .unwrap()
+                .iter()
+                .fold(PeerCounters::default(), |a, c| PeerCounters {
+                    rx_packets: a.rx_packets + c.rx_packets,
+                    rx_bytes: a.rx_bytes + c.rx_bytes,
+                    tx_packets: a.tx_packets + c.tx_packets,
+                    tx_bytes: a.tx_bytes + c.tx_bytes,
+                })
+        })
+        .collect();
+    Counters { reasons, peers }
+}
+
+impl Counters {
+    pub fn delta(&self, before: &Counters) -> Counters {
+        Counters {
+            reasons: self
+                .reasons
+                .iter()
+                .zip(&before.reasons)
+                .map(|(a, b)| a.wrapping_sub(*b))
+                .collect(),
+            peers: self
+                .peers
+                .iter()
+                .zip(&before.peers)
+                .map(|(a, b)| PeerCounters {
+                    rx_packets: a.rx_packets.wrapping_sub(b.rx_packets),
+                    rx_bytes: a.rx_bytes.wrapping_sub(b.rx_bytes),
+                    tx_packets: a.tx_packets.wrapping_sub(b.tx_packets),
+                    tx_bytes: a.tx_bytes.wrapping_sub(b.tx_bytes),
+                })
+                .collect(),
+        }
+    }
+
+    /// The delta a case expects: `reason` +1 (if any), `peer` moved by its counters (if any),
+    /// everything else 0.
+    pub fn expected(peers: u32, reason: Option<Reason>, peer: Option<(u32, PeerCounters)>) -> Self {
+        let mut c = Counters {
+            reasons: vec![0; REASON_COUNT as usize],
+            peers: vec![PeerCounters::default(); peers as usize],
+        };
+        if let Some(r) = reason {
+            c.reasons[r as usize] = 1;
+        }
+        if let Some((i, p)) = peer {
+            c.peers[i as usize] = p;
+        }
+        c
+    }
+
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        for (r, n) in Reason::ALL.iter().zip(&self.reasons) {
+            if *n != 0 {
+                let _ = write!(s, "{}+{n} ", r.name());
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if *p != PeerCounters::default() {
+                let _ = write!(
+                    s,
+                    "peer{i}{{rx {}/{}B tx {}/{}B}} ",
+                    p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes
+                );
+            }
+        }
+        if s.is_empty() {
+            s.push_str("nothing");
+        }
+        s.trim_end().to_string()
+    }
+}
+
+/// Peer counters moved by one received packet of `bytes` inner bytes.
+pub fn rx(bytes: usize) -> PeerCounters {
+    PeerCounters {
+        rx_packets: 1,
+        rx_bytes: bytes as u64,
+        ..Default::default()
+    }
+}
+
+/// Peer counters moved by one sent packet of `bytes` inner bytes.
+pub fn tx(bytes: usize) -> PeerCounters {
+    PeerCounters {
+        tx_packets: 1,
+        tx_bytes: bytes as u64,
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases.
+
+/// What the output frame must be.
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// Byte-identical to the input.
+    Unchanged,
+    /// Exactly these bytes.
+    Frame(Vec<u8>),
+    /// The input's Ethernet header, then `outer` (its ID taken from the output, its checksum
+    /// then computed by etherparse), then `inner` byte for byte.
+    Encap { outer: Ipv4Header, inner: Vec<u8> },
+    /// Not checked (the packet is dropped).
+    Dropped,
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    pub output: Expect,
+    /// The one reason expected to move by exactly 1.
+    pub reason: Option<Reason>,
+    /// The one peer expected to move, and by how much.
+    pub peer: Option<(u32, PeerCounters)>,
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::new();
+    for (i, chunk) in b.chunks(16).enumerate() {
+        let _ = write!(s, "\n      {:04x}:", i * 16);
+        for x in chunk {
+            let _ = write!(s, " {x:02x}");
+        }
+    }
+    s
+}
+
+fn compare_frames(got: &[u8], want: &[u8]) -> Result<(), String> {
+    if got == want {
+        return Ok(());
+    }
+    let first = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    Err(format!(
+        "output differs from expected at byte {first} (got {} bytes, want {}):\n    got:{}\n    want:{}",
+        got.len(),
+        want.len(),
+        hex(got),
+        hex(want)
+    ))
+}
+
+/// The expected encapsulated frame given the output (whose ID it copies).
+pub fn expected_encap(input: &[u8], got: &[u8], outer: &Ipv4Header, inner: &[u8]) -> Vec<u8> {
+    let mut outer = outer.clone();
+    if got.len() >= 14 + 6 {
+        outer.identification = u16::from_be_bytes([got[18], got[19]]);
+    }
+    outer.header_checksum = outer.calc_header_checksum();
+    let mut want = input[..14].to_vec();
+    want.extend_from_slice(&outer.to_bytes());
+    want.extend_from_slice(inner);
+    want
+}
+
+/// Checks one case against a fresh run; `peers` is the number of configured peers.
+pub fn check(dp: &mut Datapath, prog: Prog, peers: u32, case: &Case) -> Result<(), String> {
+    let before = counters(dp, peers);
+    let (verdict, got) = run(dp, prog, &case.input).map_err(|e| format!("test_run failed: {e}"))?;
+    let delta = counters(dp, peers).delta(&before);
+    let mut errors = Vec::new();
+    if verdict != case.verdict {
+        errors.push(format!("verdict {verdict}, want {}", case.verdict));
+    }
+    let frame = match &case.output {
+        Expect::Unchanged => compare_frames(&got, &case.input),
+        Expect::Frame(want) => compare_frames(&got, want),
+        Expect::Encap { outer, inner } => {
+            let want = expected_encap(&case.input, &got, outer, inner);
+            compare_frames(&got, &want).and_then(|()| assert_ipv4_checksum("outer", &got[14..]))
+        }
+        Expect::Dropped => Ok(()),
+    };
+    if let Err(e) = frame {
+        errors.push(e);
+    }
+    let want = Counters::expected(peers, case.reason, case.peer);
+    if delta != want {
+        errors.push(format!(
+            "counters moved: {}; want: {}",
+            delta.describe(),
+            want.describe()
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n  "))
+    }
+}
+
+/// Runs every case on `dp`; fails listing every case that did not hold.
+pub fn run_table(dp: &mut Datapath, prog: Prog, peers: u32, cases: &[Case]) {
+    let mut failed = Vec::new();
+    for case in cases {
+        match check(dp, prog, peers, case) {
+            Ok(()) => eprintln!("ok    {:?} {}", prog, case.name),
+            Err(e) => {
+                eprintln!("FAIL  {:?} {}\n  {e}", prog, case.name);
+                failed.push(format!("{}:\n  {e}", case.name));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} {prog:?} cases failed:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
+}
