@@ -76,6 +76,9 @@ impl PeerConfig {
 /// Set when `attach` added the tunnel address to the interface and so `detach` must remove it.
 pub const TUNNEL_FLAG_ADDRESS_ADDED: u32 = 1 << 0;
 
+/// Set while `ipip-user log` runs: the programs describe each drop through aya-log.
+pub const TUNNEL_FLAG_LOG_DROPS: u32 = 1 << 1;
+
 /// Tunnel-wide settings, index 0 of the config array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

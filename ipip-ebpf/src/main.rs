@@ -12,6 +12,8 @@ mod stats;
 #[cfg(target_arch = "bpf")]
 mod tc_encap;
 #[cfg(target_arch = "bpf")]
+mod trace;
+#[cfg(target_arch = "bpf")]
 mod xdp_decap;
 
 #[cfg(not(target_arch = "bpf"))]

@@ -23,7 +23,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     maps::{PEERS, ROUTES},
     packet::ref_mut_at,
-    stats,
+    stats, trace,
     xdp_decap::{EthRaw, ETH_LEN, ETH_P_IP},
 };
 
@@ -38,7 +38,12 @@ pub fn ipip_tc_encap(ctx: TcContext) -> i32 {
             }
             match verdict {
                 Verdict::Pass => TC_ACT_OK as i32,
-                Verdict::Drop => TC_ACT_SHOT as i32,
+                Verdict::Drop => {
+                    if let Some(r) = reason {
+                        trace::drop(&ctx, "tc", r, ETH_LEN);
+                    }
+                    TC_ACT_SHOT as i32
+                }
             }
         }
     }

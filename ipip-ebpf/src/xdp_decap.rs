@@ -14,7 +14,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     maps::{CONFIG, PEER_BY_REMOTE, ROUTES},
     packet::ref_mut_at,
-    stats,
+    stats, trace,
 };
 
 pub const ETH_LEN: usize = 14;
@@ -40,7 +40,12 @@ pub fn ipip_xdp_decap(ctx: XdpContext) -> u32 {
             }
             match verdict {
                 Verdict::Pass => xdp_action::XDP_PASS,
-                Verdict::Drop => xdp_action::XDP_DROP,
+                Verdict::Drop => {
+                    if let Some(r) = reason {
+                        trace::drop(&ctx, "xdp", r, ETH_LEN);
+                    }
+                    xdp_action::XDP_DROP
+                }
             }
         }
     }

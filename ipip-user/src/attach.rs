@@ -159,7 +159,9 @@ async fn install(
     p.dir
         .create()
         .with_context(|| format!("creating pin folder {}", p.dir.path.display()))?;
-    for (name, map) in dp.ebpf.maps() {
+    // Section maps (.rodata, .bss) are held by the programs themselves and can't be pinned
+    // under a dotted name; every named map is pinned.
+    for (name, map) in dp.ebpf.maps().filter(|(n, _)| !n.starts_with('.')) {
         map.pin(p.dir.map(name))
             .with_context(|| format!("pinning map {name}"))?;
     }

@@ -20,6 +20,7 @@ path stays, pinned under /sys/fs/bpf/ipip/. Wire-compatible with Linux's `ip tun
   ipip-user status                             what is attached in this namespace
   ipip-user stats eth0                         per-peer and per-reason counters
   ipip-user stats --json                       the same for scripts
+  ipip-user log eth0                           print each dropped packet as it happens
   ipip-user detach eth0                        remove exactly what attach made
   ipip-user --netns calculon stats             run inside network namespace calculon
 
@@ -64,6 +65,14 @@ pub enum Command {
         /// One JSON array of per-interface objects.
         #[arg(long)]
         json: bool,
+    },
+    /// Describe each packet the data path drops (reason, addresses) as it happens.
+    #[command(after_help = "Example:\n  ipip-user log eth0 --seconds 30")]
+    Log {
+        interface: String,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// What is attached in this network namespace.
     Status {

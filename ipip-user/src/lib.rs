@@ -5,6 +5,7 @@ pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod droplog;
 pub mod netif;
 pub mod pins;
 pub mod plan;

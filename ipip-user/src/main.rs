@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let _ = unsafe {
         nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
     };
+    // aya-log records from the data path arrive as `warn` under the eBPF crate's target.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match run(cli) {
@@ -145,6 +146,10 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 print!("{}", stats::render(s));
             }
             Ok(())
+        }
+        Command::Log { interface, seconds } => {
+            require_admin("log")?;
+            ipip_user::droplog::run(&interface, seconds.map(std::time::Duration::from_secs)).await
         }
         Command::Status { json } => {
             let all = status::collect().await?;
