@@ -73,16 +73,26 @@ impl Reason {
     /// One-line explanation for operators.
     pub const fn help(self) -> &'static str {
         match self {
-            Reason::DropMalformedOuter => "IPIP frame with a truncated or invalid outer IPv4 header",
-            Reason::DropOuterFragment => "fragmented outer IPv4 packet (peer sent without DF over a smaller MTU)",
-            Reason::DropUnknownPeer => "IPIP to our tunnel address from a source that is not a configured peer",
+            Reason::DropMalformedOuter => {
+                "IPIP frame with a truncated or invalid outer IPv4 header"
+            }
+            Reason::DropOuterFragment => {
+                "fragmented outer IPv4 packet (peer sent without DF over a smaller MTU)"
+            }
+            Reason::DropUnknownPeer => {
+                "IPIP to our tunnel address from a source that is not a configured peer"
+            }
             Reason::DropMalformedInner => "IPIP whose inner packet is truncated or not IPv4",
-            Reason::DropSpoofedSource => "inner source outside the routes configured for the sending peer",
+            Reason::DropSpoofedSource => {
+                "inner source outside the routes configured for the sending peer"
+            }
             Reason::DropEcnNotEct => "outer ECN CE on a not-ECT inner packet (RFC 6040)",
             Reason::DropTooBig => "packet larger than the tunnel MTU",
             Reason::DropHelperFailed => "kernel helper failed while rewriting the packet",
             Reason::DropNoPeer => "route points at an empty peer slot",
-            Reason::PassIpipNotLocal => "IPIP not addressed to the tunnel's local address, left to the kernel",
+            Reason::PassIpipNotLocal => {
+                "IPIP not addressed to the tunnel's local address, left to the kernel"
+            }
             Reason::DropOuterOptions => "IPIP whose outer header carries IP options",
         }
     }

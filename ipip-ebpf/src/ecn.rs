@@ -72,7 +72,11 @@ mod tests {
             (NOT_ECT, CE, Decap::Keep),
         ];
         for (outer, inner, want) in table {
-            assert_eq!(decap(outer, inner), want, "outer {outer:#b} inner {inner:#b}");
+            assert_eq!(
+                decap(outer, inner),
+                want,
+                "outer {outer:#b} inner {inner:#b}"
+            );
         }
     }
 }

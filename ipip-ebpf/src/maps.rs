@@ -5,8 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray},
 };
 use ipip_common::{
-    PeerConfig, PeerCounters, PeerName, RouteKey, TunnelConfig, MAX_PEERS, MAX_ROUTES,
-    REASON_COUNT,
+    PeerConfig, PeerCounters, PeerName, RouteKey, TunnelConfig, MAX_PEERS, MAX_ROUTES, REASON_COUNT,
 };
 
 /// Inner prefix → peer index: what to encapsulate, and which inner sources a peer may use.

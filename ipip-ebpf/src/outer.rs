@@ -50,7 +50,11 @@ pub fn build(peer: &PeerConfig, inner: Inner, id: u16) -> [u8; OUTER_HEADER_LEN]
         inner.frag_off & IP_DF
     };
     let tot_len = inner.tot_len.wrapping_add(OUTER_HEADER_LEN as u16);
-    let sum = peer.csum_base + tos as u32 + ((ttl as u32) << 8) + tot_len as u32 + id as u32
+    let sum = peer.csum_base
+        + tos as u32
+        + ((ttl as u32) << 8)
+        + tot_len as u32
+        + id as u32
         + frag_off as u32;
     let check = checksum::finish(sum);
     let [tl0, tl1] = tot_len.to_be_bytes();
@@ -60,8 +64,26 @@ pub fn build(peer: &PeerConfig, inner: Inner, id: u16) -> [u8; OUTER_HEADER_LEN]
     let s = peer.local;
     let d = peer.remote;
     [
-        VERSION_IHL, tos, tl0, tl1, id0, id1, fo0, fo1, ttl, IPPROTO_IPIP, c0, c1, s[0], s[1], s[2],
-        s[3], d[0], d[1], d[2], d[3],
+        VERSION_IHL,
+        tos,
+        tl0,
+        tl1,
+        id0,
+        id1,
+        fo0,
+        fo1,
+        ttl,
+        IPPROTO_IPIP,
+        c0,
+        c1,
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        d[0],
+        d[1],
+        d[2],
+        d[3],
     ]
 }
 
@@ -86,15 +108,28 @@ mod tests {
     }
 
     fn inner(tos: u8, ttl: u8, frag_off: u16) -> Inner {
-        Inner { tos, ttl, frag_off, tot_len: 84 }
+        Inner {
+            tos,
+            ttl,
+            frag_off,
+            tot_len: 84,
+        }
     }
 
     #[test]
     fn checksum_verifies() {
-        for p in [peer(0, 0, PEER_FLAG_PMTUDISC), peer(17, 0x28, 0), peer(255, 0, PEER_FLAG_TOS_INHERIT)] {
+        for p in [
+            peer(0, 0, PEER_FLAG_PMTUDISC),
+            peer(17, 0x28, 0),
+            peer(255, 0, PEER_FLAG_TOS_INHERIT),
+        ] {
             for id in [0u16, 1, 0x1234, 0xffff] {
                 let h = build(&p, inner(0xbb, 64, IP_DF), id);
-                assert_eq!(checksum::finish(checksum::add_words(0, &h)), 0, "{p:?} id {id}");
+                assert_eq!(
+                    checksum::finish(checksum::add_words(0, &h)),
+                    0,
+                    "{p:?} id {id}"
+                );
             }
         }
     }
@@ -102,7 +137,11 @@ mod tests {
     #[test]
     fn defaults_match_linux_ipip() {
         // ttl inherit, tos 0 (not inherit), pmtudisc.
-        let h = build(&peer(TTL_INHERIT, 0, PEER_FLAG_PMTUDISC), inner(0xb9, 63, 0), 7);
+        let h = build(
+            &peer(TTL_INHERIT, 0, PEER_FLAG_PMTUDISC),
+            inner(0xb9, 63, 0),
+            7,
+        );
         assert_eq!(h[0], 0x45);
         assert_eq!(h[1], 0x01, "DSCP 0, ECN ECT(1) copied");
         assert_eq!(u16::from_be_bytes([h[2], h[3]]), 104);
@@ -117,13 +156,27 @@ mod tests {
     #[test]
     fn nopmtudisc_copies_inner_df_only() {
         let p = peer(64, 0, 0);
-        assert_eq!(u16::from_be_bytes(build(&p, inner(0, 9, IP_DF | 5), 0)[6..8].try_into().unwrap()), IP_DF);
-        assert_eq!(u16::from_be_bytes(build(&p, inner(0, 9, IP_MF), 0)[6..8].try_into().unwrap()), 0);
+        assert_eq!(
+            u16::from_be_bytes(
+                build(&p, inner(0, 9, IP_DF | 5), 0)[6..8]
+                    .try_into()
+                    .unwrap()
+            ),
+            IP_DF
+        );
+        assert_eq!(
+            u16::from_be_bytes(build(&p, inner(0, 9, IP_MF), 0)[6..8].try_into().unwrap()),
+            0
+        );
     }
 
     #[test]
     fn tos_inherit_and_fixed() {
-        let inherit = build(&peer(64, 0, PEER_FLAG_TOS_INHERIT), inner(0xb8 | ecn::CE, 9, 0), 0);
+        let inherit = build(
+            &peer(64, 0, PEER_FLAG_TOS_INHERIT),
+            inner(0xb8 | ecn::CE, 9, 0),
+            0,
+        );
         assert_eq!(inherit[1], 0xb8 | ecn::ECT_0, "DSCP copied, CE → ECT(0)");
         let fixed = build(&peer(64, 0x28, 0), inner(0xb8 | 0b10, 9, 0), 0);
         assert_eq!(fixed[1], 0x28 | 0b10);

@@ -75,18 +75,20 @@ fn try_encap(ctx: &TcContext) -> Result<(), Error> {
     if peer.in_use == 0 {
         return Err(Error::Drop(Reason::DropNoPeer));
     }
+    // SAFETY: reading plain integer fields of our own __sk_buff.
+    let (gso_segs, gso_size) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
+    // Like Linux (ip_local_out sets tot_len from skb->len), the outer length follows the
+    // packet's real length, not what the inner header claims; GSO rewrites it per segment.
+    let inner_len = ctx.len().saturating_sub(ETH_LEN as u32);
+    if gso_size == 0 && inner_len > peer.mtu as u32 {
+        return Err(Error::Drop(Reason::DropTooBig));
+    }
     let inner = Inner {
         tos: ip.tos,
         ttl: ip.ttl,
         frag_off: u16::from_be_bytes(ip.frags),
-        tot_len: u16::from_be_bytes(ip.tot_len),
+        tot_len: inner_len.min(u16::MAX as u32) as u16,
     };
-    // SAFETY: reading plain integer fields of our own __sk_buff.
-    let (gso_segs, gso_size) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
-    if gso_size == 0 && inner.tot_len > peer.mtu {
-        return Err(Error::Drop(Reason::DropTooBig));
-    }
-    let bytes = (ctx.len() as u64).saturating_sub(ETH_LEN as u64);
     // RFC 6864: any ID is fine for atomic datagrams; a random one also serves non-DF ones.
     // SAFETY: helper without arguments.
     let id = unsafe { bpf_get_prandom_u32() } as u16;
@@ -101,6 +103,6 @@ fn try_encap(ctx: &TcContext) -> Result<(), Error> {
     // Packet pointers are stale now; write the outer header through the store helper.
     ctx.store(ETH_LEN, &header, 0)
         .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
-    stats::count_tx(peer_idx, gso_segs.max(1) as u64, bytes);
+    stats::count_tx(peer_idx, gso_segs.max(1) as u64, inner_len as u64);
     Ok(())
 }

@@ -6,7 +6,10 @@ use aya_log_ebpf::warn;
 use ipip_common::{Reason, IPPROTO_IPIP, OUTER_HEADER_LEN, TUNNEL_FLAG_LOG_DROPS};
 use network_types::ip::Ipv4Hdr;
 
-use crate::{maps::CONFIG, packet::{ref_mut_at, Packet}};
+use crate::{
+    maps::CONFIG,
+    packet::{ref_mut_at, Packet},
+};
 
 /// Logs `reason` with the addresses of the IPv4 header at `ip_off`, if logging is on.
 #[inline(always)]
@@ -37,6 +40,13 @@ pub fn drop<C: EbpfContext + Packet>(ctx: &C, hook: &str, reason: Reason, ip_off
                 idst
             );
         }
-        None => warn!(ctx, "{} drop {}: {:i} -> {:i}", hook, reason.name(), src, dst),
+        None => warn!(
+            ctx,
+            "{} drop {}: {:i} -> {:i}",
+            hook,
+            reason.name(),
+            src,
+            dst
+        ),
     }
 }

@@ -69,11 +69,13 @@ fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
     let peer = *unsafe { PEER_BY_REMOTE.get(outer.src_addr) }
         .ok_or(Error::Drop(Reason::DropUnknownPeer))?;
     if outer.vihl != 0x45 {
-        return Err(Error::Drop(if outer.vihl >> 4 == 4 && outer.vihl & 0xf > 5 {
-            Reason::DropOuterOptions
-        } else {
-            Reason::DropMalformedOuter
-        }));
+        return Err(Error::Drop(
+            if outer.vihl >> 4 == 4 && outer.vihl & 0xf > 5 {
+                Reason::DropOuterOptions
+            } else {
+                Reason::DropMalformedOuter
+            },
+        ));
     }
     if u16::from_be_bytes(outer.frags) & (IP_MF | IP_OFFSET) != 0 {
         return Err(Error::Drop(Reason::DropOuterFragment));
@@ -119,9 +121,7 @@ fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
         ref_mut_at(ctx, OUTER_HEADER_LEN).ok_or(Error::Drop(Reason::DropMalformedOuter))?;
     *moved = mac;
     // SAFETY: plain helper call on our own context.
-    let rc = unsafe {
-        aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, OUTER_HEADER_LEN as i32)
-    };
+    let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, OUTER_HEADER_LEN as i32) };
     if rc != 0 {
         return Err(Error::Drop(Reason::DropHelperFailed));
     }

@@ -9,7 +9,9 @@ use aya::{
     maps::{Array, MapData},
     programs::{links::FdLink, xdp::XdpMode, TcAttachType},
 };
-use ipip_common::{TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_XDP_DECAP, TUNNEL_FLAG_ADDRESS_ADDED};
+use ipip_common::{
+    TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_XDP_DECAP, TUNNEL_FLAG_ADDRESS_ADDED,
+};
 
 use crate::{
     config::PeersFile,
@@ -165,8 +167,12 @@ async fn install(
         map.pin(p.dir.map(name))
             .with_context(|| format!("pinning map {name}"))?;
     }
-    dp.xdp()?.pin(p.dir.prog(PROG_XDP_DECAP)).context("pinning the XDP program")?;
-    dp.tc()?.pin(p.dir.prog(PROG_TC_EGRESS)).context("pinning the TC program")?;
+    dp.xdp()?
+        .pin(p.dir.prog(PROG_XDP_DECAP))
+        .context("pinning the XDP program")?;
+    dp.tc()?
+        .pin(p.dir.prog(PROG_TC_EGRESS))
+        .context("pinning the TC program")?;
 
     let xdp_mode = attach_xdp(&mut dp, p, mode)?;
 
@@ -174,10 +180,9 @@ async fn install(
     let id = tc
         .attach(iface, TcAttachType::Egress)
         .with_context(|| format!("attaching the TC egress program to {iface}"))?;
-    let link: FdLink = tc
-        .take_link(id)?
-        .try_into()
-        .map_err(|_| anyhow!("the kernel attached TC through netlink, not a TCX link: ipip needs Linux >= 6.6"))?;
+    let link: FdLink = tc.take_link(id)?.try_into().map_err(|_| {
+        anyhow!("the kernel attached TC through netlink, not a TCX link: ipip needs Linux >= 6.6")
+    })?;
     link.pin(p.dir.link("tc_egress"))
         .context("pinning the TC link")?;
 
@@ -193,12 +198,12 @@ async fn install(
     for (peer, hop) in p.plan.peers.iter().zip(&p.next_hops) {
         // Via the underlay next hop toward the peer: the Ethernet header the kernel builds is
         // then already right for the encapsulated packet, on-link peer or behind a router.
-        let gateway = Some(hop.unwrap_or(Ipv4Addr::from(peer.config.remote)));
+        let gateway = hop.unwrap_or(Ipv4Addr::from(peer.config.remote));
         for r in &peer.routes {
-            nl.add_route(*r, gateway, p.link.index, src, p.plan.tunnel_mtu)
+            nl.add_route(*r, Some(gateway), p.link.index, src, p.plan.tunnel_mtu)
                 .await
                 .with_context(|| format!("installing the route for peer {}", peer.name))?;
-            routes.push(format!("{r} via {} ({})", gateway.unwrap_or(Ipv4Addr::UNSPECIFIED), peer.name));
+            routes.push(format!("{r} via {gateway} ({})", peer.name));
         }
     }
     Ok(Attached {
@@ -229,7 +234,8 @@ fn attach_xdp(dp: &mut Datapath, p: &Prepared, mode: XdpModeArg) -> Result<&'sta
                 let link: FdLink = xdp.take_link(id)?.try_into().map_err(|_| {
                     anyhow!("XDP on {iface} attached through legacy netlink instead of a bpf_link; it could not be pinned and has been removed")
                 })?;
-                link.pin(p.dir.link("xdp")).context("pinning the XDP link")?;
+                link.pin(p.dir.link("xdp"))
+                    .context("pinning the XDP link")?;
                 return Ok(label);
             }
             Err(e) => {
@@ -264,7 +270,9 @@ async fn teardown(
         }
     }
     if let Err(e) = dir.remove() {
-        first_err.get_or_insert(anyhow::Error::new(e).context(format!("removing {}", dir.path.display())));
+        first_err.get_or_insert(
+            anyhow::Error::new(e).context(format!("removing {}", dir.path.display())),
+        );
     }
     first_err.map_or(Ok(()), Err)
 }
@@ -282,12 +290,15 @@ pub async fn detach(interface: &str) -> Result<Detached> {
         bail!("{interface} is not attached in this network namespace (nothing under {}); `ipip-user status` lists what is", dir.path.display());
     }
     let nl = Netlink::open()?;
-    let tunnel = read_tunnel(&dir)
-        .with_context(|| format!("reading {}", dir.map(MAP_CONFIG).display()))?;
+    let tunnel =
+        read_tunnel(&dir).with_context(|| format!("reading {}", dir.map(MAP_CONFIG).display()))?;
     let routes_removed = nl.our_routes(tunnel.ifindex).await?.len();
     let address = (tunnel.flags & TUNNEL_FLAG_ADDRESS_ADDED != 0).then(|| {
-        ipnet::Ipv4Net::new(Ipv4Addr::from(tunnel.address), tunnel.address_prefix_len as u8)
-            .expect("prefix length was validated at attach")
+        ipnet::Ipv4Net::new(
+            Ipv4Addr::from(tunnel.address),
+            tunnel.address_prefix_len as u8,
+        )
+        .expect("prefix length was validated at attach")
     });
     teardown(&nl, &dir, tunnel.ifindex, address).await?;
     Ok(Detached {

@@ -165,10 +165,19 @@ fn at<T>(s: &Spanned<T>, message: String) -> Located {
 
 fn unicast(s: &Spanned<String>, what: &str) -> Result<Ipv4Addr, Located> {
     let addr: Ipv4Addr = s.get_ref().trim().parse().map_err(|_| {
-        at(s, format!("{what} {:?} is not an IPv4 address (like \"192.0.2.1\")", s.get_ref()))
+        at(
+            s,
+            format!(
+                "{what} {:?} is not an IPv4 address (like \"192.0.2.1\")",
+                s.get_ref()
+            ),
+        )
     })?;
     if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
-        return Err(at(s, format!("{what} {addr} is not a unicast address a tunnel can use")));
+        return Err(at(
+            s,
+            format!("{what} {addr} is not a unicast address a tunnel can use"),
+        ));
     }
     Ok(addr)
 }
@@ -271,8 +280,15 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
                 ));
             }
             if let Some(owner) = prefixes.insert(net, name.clone()) {
-                let whose = if owner == name { "this peer".to_string() } else { format!("peer {owner}") };
-                return Err(at(r, format!("peer {name}: route {net} is already routed to {whose}")));
+                let whose = if owner == name {
+                    "this peer".to_string()
+                } else {
+                    format!("peer {owner}")
+                };
+                return Err(at(
+                    r,
+                    format!("peer {name}: route {net} is already routed to {whose}"),
+                ));
             }
             route_spans.push((net, r.span()));
             routes.push(net);
@@ -327,8 +343,15 @@ fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {
                 at(a, format!("[tunnel] address {text:?} must be an address with its prefix length, like \"10.0.1.1/24\""))
             })?;
             let addr = net.addr();
-            if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
-                return Err(at(a, format!("[tunnel] address {addr} is not a unicast address")));
+            if addr.is_unspecified()
+                || addr.is_multicast()
+                || addr.is_broadcast()
+                || addr.is_loopback()
+            {
+                return Err(at(
+                    a,
+                    format!("[tunnel] address {addr} is not a unicast address"),
+                ));
             }
             if net.prefix_len() < 31 && (addr == net.network() || addr == net.broadcast()) {
                 return Err(at(a, format!("[tunnel] address {net} is the network or broadcast address of its prefix: use a host address")));
@@ -402,8 +425,9 @@ routes = ["10.0.2.0/24", "10.10.10.0/24"]
 
     #[test]
     fn defaults_follow_ip_tunnel() {
-        let f = parse("[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.0/8\"]\n")
-            .unwrap();
+        let f =
+            parse("[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.0/8\"]\n")
+                .unwrap();
         assert_eq!(f.tunnel.ttl, Ttl::Inherit);
         assert_eq!(f.tunnel.tos, Tos::Fixed(0));
         assert!(f.tunnel.pmtudisc);
@@ -414,7 +438,10 @@ routes = ["10.0.2.0/24", "10.10.10.0/24"]
     fn bare_address_route_is_a_host_prefix() {
         let f = parse("[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.7\"]\n")
             .unwrap();
-        assert_eq!(f.peers[0].routes, vec!["10.0.0.7/32".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            f.peers[0].routes,
+            vec!["10.0.0.7/32".parse::<Ipv4Net>().unwrap()]
+        );
     }
 
     #[test]
@@ -445,22 +472,69 @@ routes = ["10.0.2.0/24", "10.10.10.0/24"]
         };
         let cases: Vec<(String, &str)> = vec![
             (String::new(), "no [[peer]]"),
-            ("[tunnel]\nlocal = \"nope\"\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "not an IPv4 address"),
-            ("[tunnel]\nttl = 0\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "ttl must be"),
-            ("[tunnel]\nttl = 300\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "ttl must be"),
-            ("[tunnel]\nttl = 64\npmtudisc = false\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "incompatible"),
-            ("[tunnel]\naddress = \"10.0.1.1\"\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "prefix length"),
-            ("[tunnel]\naddress = \"10.0.1.0/24\"\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "network or broadcast"),
-            ("[tunnel]\nbogus = 1\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "unknown field"),
-            (peer("a", "192.0.2.1", "\"10.0.0.0/8\"") + &peer("a", "192.0.2.2", "\"10.1.0.0/16\""), "used twice"),
-            (peer("a", "192.0.2.1", "\"10.0.0.0/8\"") + &peer("b", "192.0.2.1", "\"10.1.0.0/16\""), "already peer a's remote"),
-            (peer("a", "192.0.2.1", "\"10.0.0.0/8\"") + &peer("b", "192.0.2.2", "\"10.0.0.0/8\""), "already routed to peer a"),
+            (
+                "[tunnel]\nlocal = \"nope\"\n".to_string()
+                    + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "not an IPv4 address",
+            ),
+            (
+                "[tunnel]\nttl = 0\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "ttl must be",
+            ),
+            (
+                "[tunnel]\nttl = 300\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "ttl must be",
+            ),
+            (
+                "[tunnel]\nttl = 64\npmtudisc = false\n".to_string()
+                    + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "incompatible",
+            ),
+            (
+                "[tunnel]\naddress = \"10.0.1.1\"\n".to_string()
+                    + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "prefix length",
+            ),
+            (
+                "[tunnel]\naddress = \"10.0.1.0/24\"\n".to_string()
+                    + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "network or broadcast",
+            ),
+            (
+                "[tunnel]\nbogus = 1\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "unknown field",
+            ),
+            (
+                peer("a", "192.0.2.1", "\"10.0.0.0/8\"")
+                    + &peer("a", "192.0.2.2", "\"10.1.0.0/16\""),
+                "used twice",
+            ),
+            (
+                peer("a", "192.0.2.1", "\"10.0.0.0/8\"")
+                    + &peer("b", "192.0.2.1", "\"10.1.0.0/16\""),
+                "already peer a's remote",
+            ),
+            (
+                peer("a", "192.0.2.1", "\"10.0.0.0/8\"")
+                    + &peer("b", "192.0.2.2", "\"10.0.0.0/8\""),
+                "already routed to peer a",
+            ),
             (peer("a", "192.0.2.1", ""), "has no routes"),
-            (peer("a", "192.0.2.1", "\"10.0.0.0/33\""), "not an IPv4 prefix"),
-            (peer("a", "192.0.2.1", "\"0.0.0.0/0\""), "contains peer a's remote"),
+            (
+                peer("a", "192.0.2.1", "\"10.0.0.0/33\""),
+                "not an IPv4 prefix",
+            ),
+            (
+                peer("a", "192.0.2.1", "\"0.0.0.0/0\""),
+                "contains peer a's remote",
+            ),
             (peer("a", "224.0.0.1", "\"10.0.0.0/8\""), "not a unicast"),
             (peer("bad name", "192.0.2.1", "\"10.0.0.0/8\""), "peer name"),
-            ("[tunnel]\nlocal = \"10.0.0.1\"\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""), "contains this host's"),
+            (
+                "[tunnel]\nlocal = \"10.0.0.1\"\n".to_string()
+                    + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "contains this host's",
+            ),
         ];
         for (text, want) in cases {
             let e = error(&text);

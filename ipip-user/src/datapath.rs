@@ -6,8 +6,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use ipip_common::{
-    PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_PEERS, MAP_PEER_BY_REMOTE,
-    MAP_PEER_NAMES, MAP_ROUTES, PROG_TC_EGRESS, PROG_XDP_DECAP,
+    PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_PEERS, MAP_PEER_BY_REMOTE, MAP_PEER_NAMES,
+    MAP_ROUTES, PROG_TC_EGRESS, PROG_XDP_DECAP,
 };
 
 use crate::plan::{peer_name, Plan};
@@ -30,7 +30,10 @@ pub enum DatapathError {
         source: aya::maps::MapError,
     },
     #[error("the eBPF object has no {what} named {name} (object and loader out of step)")]
-    Missing { what: &'static str, name: &'static str },
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
 }
 
 pub struct Datapath {
@@ -43,11 +46,17 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
         {
             let xdp: &mut Xdp = prog_mut(&mut ebpf, PROG_XDP_DECAP)?;
-            xdp.load().map_err(|source| DatapathError::Program { name: PROG_XDP_DECAP, source })?;
+            xdp.load().map_err(|source| DatapathError::Program {
+                name: PROG_XDP_DECAP,
+                source,
+            })?;
         }
         {
             let tc: &mut SchedClassifier = prog_mut(&mut ebpf, PROG_TC_EGRESS)?;
-            tc.load().map_err(|source| DatapathError::Program { name: PROG_TC_EGRESS, source })?;
+            tc.load().map_err(|source| DatapathError::Program {
+                name: PROG_TC_EGRESS,
+                source,
+            })?;
         }
         Ok(Self { ebpf })
     }
@@ -67,20 +76,29 @@ impl Datapath {
         for p in &plan.peers {
             peers
                 .set(p.index, p.config, 0)
-                .map_err(|source| DatapathError::Map { name: MAP_PEERS, source })?;
+                .map_err(|source| DatapathError::Map {
+                    name: MAP_PEERS,
+                    source,
+                })?;
         }
         let mut names: Array<&mut MapData, PeerName> = map_mut(&mut self.ebpf, MAP_PEER_NAMES)?;
         for p in &plan.peers {
             names
                 .set(p.index, peer_name(&p.name), 0)
-                .map_err(|source| DatapathError::Map { name: MAP_PEER_NAMES, source })?;
+                .map_err(|source| DatapathError::Map {
+                    name: MAP_PEER_NAMES,
+                    source,
+                })?;
         }
         let mut by_remote: HashMap<&mut MapData, [u8; 4], u32> =
             map_mut(&mut self.ebpf, MAP_PEER_BY_REMOTE)?;
         for p in &plan.peers {
             by_remote
                 .insert(p.config.remote, p.index, 0)
-                .map_err(|source| DatapathError::Map { name: MAP_PEER_BY_REMOTE, source })?;
+                .map_err(|source| DatapathError::Map {
+                    name: MAP_PEER_BY_REMOTE,
+                    source,
+                })?;
         }
         let mut routes: LpmTrie<&mut MapData, [u8; 4], u32> = map_mut(&mut self.ebpf, MAP_ROUTES)?;
         for p in &plan.peers {
@@ -88,7 +106,10 @@ impl Datapath {
                 let key = Key::new(r.prefix_len() as u32, r.network().octets());
                 routes
                     .insert(&key, p.index, 0)
-                    .map_err(|source| DatapathError::Map { name: MAP_ROUTES, source })?;
+                    .map_err(|source| DatapathError::Map {
+                        name: MAP_ROUTES,
+                        source,
+                    })?;
             }
         }
         self.set_tunnel(&plan.tunnel)
@@ -98,7 +119,10 @@ impl Datapath {
         let mut config: Array<&mut MapData, TunnelConfig> = map_mut(&mut self.ebpf, MAP_CONFIG)?;
         config
             .set(0, *tunnel, 0)
-            .map_err(|source| DatapathError::Map { name: MAP_CONFIG, source })
+            .map_err(|source| DatapathError::Map {
+                name: MAP_CONFIG,
+                source,
+            })
     }
 }
 
@@ -106,9 +130,10 @@ fn prog_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, 
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::Missing { what: "program", name })?;
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Missing {
+        what: "program",
+        name,
+    })?;
     prog.try_into()
         .map_err(|source| DatapathError::Program { name, source })
 }

@@ -15,7 +15,10 @@ fn main() -> ExitCode {
     // Behave like other CLI tools when piped into `head`: end quietly on a closed pipe.
     // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
     let _ = unsafe {
-        nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
     };
     // aya-log records from the data path arrive as `warn` under the eBPF crate's target.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -43,8 +46,9 @@ fn run(cli: Cli) -> Result<()> {
 
 fn enter_netns(name: &str) -> Result<()> {
     let path = format!("/run/netns/{name}");
-    let f = File::open(&path)
-        .with_context(|| format!("network namespace {name} not found ({path}); see `ip netns list`"))?;
+    let f = File::open(&path).with_context(|| {
+        format!("network namespace {name} not found ({path}); see `ip netns list`")
+    })?;
     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("entering network namespace {name} (needs root)"))
 }
@@ -98,7 +102,11 @@ async fn dispatch(cmd: Command) -> Result<()> {
             if let Some(addr) = &a.address {
                 println!(
                     "tunnel address {addr} ({})",
-                    if a.address_added { "added" } else { "already present" }
+                    if a.address_added {
+                        "added"
+                    } else {
+                        "already present"
+                    }
                 );
             }
             for r in &a.routes {

@@ -62,7 +62,12 @@ impl Netlink {
     }
 
     pub async fn link(&self, name: &str) -> Result<Link, NetError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(msg)) => Ok(link_from(msg)),
             Ok(None) => Err(NetError::NoSuchInterface(name.into())),
@@ -108,7 +113,10 @@ impl Netlink {
                 what: format!("no route to {dst}"),
                 source: rtnetlink::Error::RequestFailed,
             })?;
-        let mut hop = NextHop { oif: 0, gateway: None };
+        let mut hop = NextHop {
+            oif: 0,
+            gateway: None,
+        };
         for attr in &route.attributes {
             match attr {
                 RouteAttribute::Oif(i) => hop.oif = *i,

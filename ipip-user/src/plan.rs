@@ -128,7 +128,11 @@ mod tests {
         .unwrap();
         let plan = Plan::new(
             &file,
-            &Underlay { ifindex: 7, mtu: 1500, local: Ipv4Addr::new(192, 0, 2, 58) },
+            &Underlay {
+                ifindex: 7,
+                mtu: 1500,
+                local: Ipv4Addr::new(192, 0, 2, 58),
+            },
         );
         assert_eq!(plan.tunnel_mtu, 1480);
         assert_eq!(plan.tunnel.ifindex, 7);
@@ -140,7 +144,10 @@ mod tests {
         assert_eq!(p.ttl, 17);
         assert_eq!(p.mtu, 1480);
         assert!(p.pmtudisc() && p.tos_inherit());
-        assert_eq!(p.csum_base, ipip_ebpf::outer::csum_base([192, 0, 2, 58], [192, 0, 2, 129]));
+        assert_eq!(
+            p.csum_base,
+            ipip_ebpf::outer::csum_base([192, 0, 2, 58], [192, 0, 2, 129])
+        );
     }
 
     #[test]

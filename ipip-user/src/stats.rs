@@ -44,8 +44,7 @@ fn open(dir: &PinDir, name: &str) -> Result<MapData> {
 pub fn read(dir: &PinDir) -> Result<Snapshot> {
     let tunnel = read_tunnel(dir)?;
     let peers: Array<MapData, PeerConfig> = Array::try_from(Map::Array(open(dir, MAP_PEERS)?))?;
-    let names: Array<MapData, PeerName> =
-        Array::try_from(Map::Array(open(dir, MAP_PEER_NAMES)?))?;
+    let names: Array<MapData, PeerName> = Array::try_from(Map::Array(open(dir, MAP_PEER_NAMES)?))?;
     let peer_stats: PerCpuArray<MapData, PeerCounters> =
         PerCpuArray::try_from(Map::PerCpuArray(open(dir, MAP_PEER_STATS)?))?;
     let reasons_map: PerCpuArray<MapData, u64> =
@@ -82,8 +81,13 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
         interface: dir.interface.clone(),
         netns: dir.netns,
         local: Ipv4Addr::from(tunnel.local),
-        address: (tunnel.address != [0; 4])
-            .then(|| format!("{}/{}", Ipv4Addr::from(tunnel.address), tunnel.address_prefix_len)),
+        address: (tunnel.address != [0; 4]).then(|| {
+            format!(
+                "{}/{}",
+                Ipv4Addr::from(tunnel.address),
+                tunnel.address_prefix_len
+            )
+        }),
         peers: out_peers,
         reasons,
     })

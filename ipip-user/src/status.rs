@@ -29,19 +29,42 @@ pub async fn collect() -> Result<Vec<Status>> {
         let xdp = dir.link("xdp").exists();
         let tc = dir.link("tc_egress").exists();
         let (state, ifindex, local, address, peers, routes) = match read_tunnel(&dir) {
-            Err(e) => (format!("incomplete: {e:#}; run `ipip-user detach {}`", dir.interface), 0, String::new(), None, 0, 0),
+            Err(e) => (
+                format!(
+                    "incomplete: {e:#}; run `ipip-user detach {}`",
+                    dir.interface
+                ),
+                0,
+                String::new(),
+                None,
+                0,
+                0,
+            ),
             Ok(t) => {
                 let link = nl.link_by_index(t.ifindex).await?;
                 let state = match link {
                     Some(l) if l.name == dir.interface && xdp && tc => "ok".to_string(),
-                    Some(l) if l.name == dir.interface => "programs missing: run `ipip-user detach` and attach again".to_string(),
+                    Some(l) if l.name == dir.interface => {
+                        "programs missing: run `ipip-user detach` and attach again".to_string()
+                    }
                     _ => format!("interface gone: run `ipip-user detach {}`", dir.interface),
                 };
                 let address = (t.address != [0; 4]).then(|| {
-                    format!("{}/{}", std::net::Ipv4Addr::from(t.address), t.address_prefix_len)
+                    format!(
+                        "{}/{}",
+                        std::net::Ipv4Addr::from(t.address),
+                        t.address_prefix_len
+                    )
                 });
                 let routes = nl.our_routes(t.ifindex).await?.len();
-                (state, t.ifindex, std::net::Ipv4Addr::from(t.local).to_string(), address, t.peer_count, routes)
+                (
+                    state,
+                    t.ifindex,
+                    std::net::Ipv4Addr::from(t.local).to_string(),
+                    address,
+                    t.peer_count,
+                    routes,
+                )
             }
         };
         out.push(Status {

@@ -293,6 +293,73 @@ fn xdp_rejects_frames_shorter_than_ethernet() {
     assert_eq!(counters(&dp, 2), before, "no counter moved");
 }
 
+#[test]
+fn tc_short_ipv4_frames_are_refused_or_untouched() {
+    // The kernel builds the skb for a TC test run itself and (6.18 at least) refuses an
+    // ETH_P_IP frame without a whole IPv4 header with EINVAL. Should a kernel accept one, the
+    // program must leave it alone.
+    let mut dp = datapath(TWO_PEERS, LOCAL);
+    let full = eth4(&icmp(&to_peer([10, 0, 2, 7]), 84));
+    for len in [14, 14 + 1, 14 + 19] {
+        let frame = &full[..len];
+        let before = counters(&dp, 2);
+        match run(&mut dp, Prog::Tc, frame) {
+            Err(e) => eprintln!(
+                "{len}-byte frame refused by the kernel: {}",
+                error_chain(&e)
+            ),
+            Ok((verdict, out)) => {
+                assert_eq!(verdict, TC_ACT_OK, "{len}-byte frame");
+                assert_eq!(out, frame, "{len}-byte frame left as it is");
+            }
+        }
+        assert_eq!(
+            counters(&dp, 2),
+            before,
+            "{len}-byte frame: no counter moved"
+        );
+    }
+}
+
+#[test]
+fn tc_encap_outer_length_is_the_packet_length() {
+    // Linux's ipip driver writes the outer total length from the skb (ip_local_out:
+    // iph->tot_len = htons(skb->len)), not from the inner header. A frame whose inner header
+    // claims more (or fewer) bytes than the frame holds can reach TC egress (AF_PACKET on the
+    // underlay, another program); the outer header must still describe the packet it heads.
+    let mut dp = datapath(TWO_PEERS, LOCAL);
+    let full = icmp(&to_peer([10, 0, 2, 7]), 84);
+    let claims_more = full[..20].to_vec();
+    let mut trailing = full.clone();
+    trailing.extend_from_slice(&[0xee; 6]);
+    let outer_for = |bytes: &[u8]| outer(CALCULON, 0, 64, true, bytes);
+    let cases = vec![
+        Case {
+            name: "inner header claims 84 bytes, frame holds 20",
+            input: eth4(&claims_more),
+            verdict: TC_ACT_OK,
+            output: Expect::Encap {
+                outer: outer_for(&claims_more),
+                inner: claims_more.clone(),
+            },
+            reason: None,
+            peer: Some((0, tx(20))),
+        },
+        Case {
+            name: "6 bytes after the inner packet",
+            input: eth4(&trailing),
+            verdict: TC_ACT_OK,
+            output: Expect::Encap {
+                outer: outer_for(&trailing),
+                inner: trailing.clone(),
+            },
+            reason: None,
+            peer: Some((0, tx(90))),
+        },
+    ];
+    run_table(&mut dp, Prog::Tc, 2, &cases);
+}
+
 /// Outer header of a packet encapsulated by `peer` remote: tos, ttl and DF given, the rest as
 /// Linux's ipip driver sends it. ID and checksum are filled in from the output.
 fn outer(remote: [u8; 4], tos: u8, ttl: u8, df: bool, inner: &[u8]) -> Ipv4Header {
@@ -396,7 +463,6 @@ fn tc_encap_defaults() {
         ),
         untouched("ARP", arp(), TC_ACT_OK),
         untouched("IPv6", eth6(&udp6(100)), TC_ACT_OK),
-        untouched("Ethernet header only (IPv4 type)", eth4(&[]), TC_ACT_OK),
     ];
     run_table(&mut dp, Prog::Tc, 2, &cases);
 }

@@ -132,7 +132,7 @@ impl V4 {
         h.dont_fragment = self.df;
         h.more_fragments = self.mf;
         h.fragment_offset = IpFragOffset::try_new(self.frag_offset).unwrap();
-        h.set_options(&self.options).unwrap();
+        h.options = self.options.as_slice().try_into().unwrap();
         h.set_payload_len(payload_len).unwrap();
         h.header_checksum = h.calc_header_checksum();
         h
@@ -432,6 +432,17 @@ pub struct Case {
     pub peer: Option<(u32, PeerCounters)>,
 }
 
+/// An error with all its sources, e.g. "`bpf_prog_test_run` failed: Invalid argument".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let _ = write!(s, ": {inner}");
+        source = inner.source();
+    }
+    s
+}
+
 fn hex(b: &[u8]) -> String {
     let mut s = String::new();
     for (i, chunk) in b.chunks(16).enumerate() {
@@ -477,7 +488,8 @@ pub fn expected_encap(input: &[u8], got: &[u8], outer: &Ipv4Header, inner: &[u8]
 /// Checks one case against a fresh run; `peers` is the number of configured peers.
 pub fn check(dp: &mut Datapath, prog: Prog, peers: u32, case: &Case) -> Result<(), String> {
     let before = counters(dp, peers);
-    let (verdict, got) = run(dp, prog, &case.input).map_err(|e| format!("test_run failed: {e}"))?;
+    let (verdict, got) =
+        run(dp, prog, &case.input).map_err(|e| format!("test_run failed: {}", error_chain(&e)))?;
     let delta = counters(dp, peers).delta(&before);
     let mut errors = Vec::new();
     if verdict != case.verdict {
