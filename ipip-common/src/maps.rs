@@ -19,6 +19,7 @@ pub const MAP_PEER_NAMES: &str = "peer_names";
 /// Program names in the object file.
 pub const PROG_XDP_DECAP: &str = "ipip_xdp_decap";
 pub const PROG_TC_EGRESS: &str = "ipip_tc_encap";
+pub const PROG_TC_INGRESS: &str = "ipip_tc_decap";
 
 pub const MAX_PEERS: u32 = 1024;
 pub const MAX_ROUTES: u32 = 16384;
@@ -78,6 +79,9 @@ pub const TUNNEL_FLAG_ADDRESS_ADDED: u32 = 1 << 0;
 
 /// Set while `ipip-user log` runs: the programs describe each drop through aya-log.
 pub const TUNNEL_FLAG_LOG_DROPS: u32 = 1 << 1;
+
+/// Decapsulation runs at TC ingress instead of XDP (`attach --decap tc`).
+pub const TUNNEL_FLAG_DECAP_TC: u32 = 1 << 2;
 
 /// Tunnel-wide settings, index 0 of the config array.
 #[repr(C)]

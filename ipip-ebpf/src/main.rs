@@ -4,15 +4,21 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod decap;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
+mod tc_decap;
+#[cfg(target_arch = "bpf")]
 mod tc_encap;
 #[cfg(target_arch = "bpf")]
 mod trace;
+#[cfg(target_arch = "bpf")]
+mod verdict;
 #[cfg(target_arch = "bpf")]
 mod xdp_decap;
 

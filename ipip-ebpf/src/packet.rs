@@ -4,10 +4,24 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 
+pub const ETH_LEN: usize = 14;
+pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+
+/// The Ethernet header as bytes: alignment 1, so any packet offset is a valid reference.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthRaw {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
 /// A program context with a linear packet window `[data, data_end)`.
 pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// Length of the whole packet, including any part outside the linear window.
+    fn len(&self) -> usize;
 }
 
 impl Packet for XdpContext {
@@ -19,6 +33,10 @@ impl Packet for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
 }
 
 impl Packet for TcContext {
@@ -29,6 +47,10 @@ impl Packet for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
     }
 }
 

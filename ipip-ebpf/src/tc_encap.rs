@@ -5,8 +5,7 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
     helpers::bpf_get_prandom_u32,
     macros::classifier,
@@ -15,38 +14,20 @@ use aya_ebpf::{
 };
 use ipip_common::{Reason, OUTER_HEADER_LEN};
 use ipip_ebpf::{
-    error::{Error, Verdict},
+    error::Error,
     outer::{self, Inner},
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     maps::{PEERS, ROUTES},
-    packet::ref_mut_at,
-    stats, trace,
-    xdp_decap::{EthRaw, ETH_LEN, ETH_P_IP},
+    packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
+    stats, verdict,
 };
 
 #[classifier]
 pub fn ipip_tc_encap(ctx: TcContext) -> i32 {
-    match try_encap(&ctx) {
-        Ok(()) => TC_ACT_OK as i32,
-        Err(e) => {
-            let (verdict, reason) = e.verdict();
-            if let Some(r) = reason {
-                stats::count_reason(r);
-            }
-            match verdict {
-                Verdict::Pass => TC_ACT_OK as i32,
-                Verdict::Drop => {
-                    if let Some(r) = reason {
-                        trace::drop(&ctx, "tc", r, ETH_LEN);
-                    }
-                    TC_ACT_SHOT as i32
-                }
-            }
-        }
-    }
+    verdict::tc(&ctx, "tc-egress", try_encap(&ctx))
 }
 
 #[inline(always)]

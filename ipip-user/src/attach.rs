@@ -10,7 +10,8 @@ use aya::{
     programs::{links::FdLink, xdp::XdpMode, TcAttachType},
 };
 use ipip_common::{
-    TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_XDP_DECAP, TUNNEL_FLAG_ADDRESS_ADDED,
+    TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP,
+    TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC,
 };
 
 use crate::{
@@ -32,12 +33,22 @@ pub enum XdpModeArg {
     Generic,
 }
 
+/// Where decapsulation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecapHook {
+    /// XDP: best packet rate and for forwarding.
+    Xdp,
+    /// TC ingress: sees GRO-merged packets, best for bulk TCP that ends on this host.
+    Tc,
+}
+
 /// What attach did, for the report.
 #[derive(Debug, serde::Serialize)]
 pub struct Attached {
     pub interface: String,
     pub pin_dir: String,
-    pub xdp_mode: &'static str,
+    /// `xdp (native)`, `xdp (generic)` or `tc`.
+    pub decap: String,
     pub local: Ipv4Addr,
     pub address: Option<String>,
     pub address_added: bool,
@@ -128,12 +139,17 @@ async fn prepare(nl: &Netlink, interface: &str, peers_path: &Path) -> Result<Pre
     })
 }
 
-pub async fn attach(interface: &str, peers_path: &Path, mode: XdpModeArg) -> Result<Attached> {
+pub async fn attach(
+    interface: &str,
+    peers_path: &Path,
+    decap: DecapHook,
+    mode: XdpModeArg,
+) -> Result<Attached> {
     let nl = Netlink::open()?;
     let prepared = prepare(&nl, interface, peers_path).await?;
     ensure_bpffs()?;
     let mut address_added = false;
-    match install(&nl, &prepared, mode, &mut address_added).await {
+    match install(&nl, &prepared, decap, mode, &mut address_added).await {
         Ok(attached) => Ok(attached),
         Err(e) => {
             log::debug!("attach failed, rolling back: {e:#}");
@@ -152,6 +168,7 @@ pub async fn attach(interface: &str, peers_path: &Path, mode: XdpModeArg) -> Res
 async fn install(
     nl: &Netlink,
     p: &Prepared,
+    decap: DecapHook,
     mode: XdpModeArg,
     address_added: &mut bool,
 ) -> Result<Attached> {
@@ -172,21 +189,23 @@ async fn install(
         .context("pinning the XDP program")?;
     dp.tc()?
         .pin(p.dir.prog(PROG_TC_EGRESS))
-        .context("pinning the TC program")?;
-
-    let xdp_mode = attach_xdp(&mut dp, p, mode)?;
-
-    let tc = dp.tc()?;
-    let id = tc
-        .attach(iface, TcAttachType::Egress)
-        .with_context(|| format!("attaching the TC egress program to {iface}"))?;
-    let link: FdLink = tc.take_link(id)?.try_into().map_err(|_| {
-        anyhow!("the kernel attached TC through netlink, not a TCX link: ipip needs Linux >= 6.6")
-    })?;
-    link.pin(p.dir.link("tc_egress"))
-        .context("pinning the TC link")?;
+        .context("pinning the TC egress program")?;
+    dp.tc_decap()?
+        .pin(p.dir.prog(PROG_TC_INGRESS))
+        .context("pinning the TC ingress program")?;
 
     let mut tunnel = p.plan.tunnel;
+    let decap = match decap {
+        DecapHook::Xdp => format!("xdp ({})", attach_xdp(&mut dp, p, mode)?),
+        DecapHook::Tc => {
+            attach_tc(dp.tc_decap()?, p, TcAttachType::Ingress, LINK_TC_INGRESS)?;
+            tunnel.flags |= TUNNEL_FLAG_DECAP_TC;
+            dp.set_tunnel(&tunnel)?;
+            "tc".to_string()
+        }
+    };
+    attach_tc(dp.tc()?, p, TcAttachType::Egress, LINK_TC_EGRESS)?;
+
     let src = p.plan.address.map(|a| a.addr());
     if let Some(addr) = p.plan.address.filter(|_| !p.address_present) {
         nl.add_address(p.link.index, addr).await?;
@@ -209,7 +228,7 @@ async fn install(
     Ok(Attached {
         interface: iface.clone(),
         pin_dir: p.dir.path.display().to_string(),
-        xdp_mode,
+        decap,
         local: Ipv4Addr::from(p.plan.tunnel.local),
         address: p.plan.address.map(|a| a.to_string()),
         address_added: *address_added,
@@ -217,6 +236,29 @@ async fn install(
         peers: p.plan.peers.len(),
         routes,
     })
+}
+
+/// Pin names of the links: exactly one decap link (XDP or TC ingress) and the egress link.
+pub const LINK_XDP: &str = "xdp";
+pub const LINK_TC_INGRESS: &str = "tc_ingress";
+pub const LINK_TC_EGRESS: &str = "tc_egress";
+
+fn attach_tc(
+    prog: &mut aya::programs::SchedClassifier,
+    p: &Prepared,
+    at: TcAttachType,
+    pin: &str,
+) -> Result<()> {
+    let iface = &p.link.name;
+    let id = prog
+        .attach(iface, at)
+        .with_context(|| format!("attaching the TC {at:?} program to {iface}"))?;
+    let link: FdLink = prog.take_link(id)?.try_into().map_err(|_| {
+        anyhow!("the kernel attached TC through netlink, not a TCX link: ipip needs Linux >= 6.6")
+    })?;
+    link.pin(p.dir.link(pin))
+        .with_context(|| format!("pinning the TC {at:?} link"))?;
+    Ok(())
 }
 
 fn attach_xdp(dp: &mut Datapath, p: &Prepared, mode: XdpModeArg) -> Result<&'static str> {
@@ -234,7 +276,7 @@ fn attach_xdp(dp: &mut Datapath, p: &Prepared, mode: XdpModeArg) -> Result<&'sta
                 let link: FdLink = xdp.take_link(id)?.try_into().map_err(|_| {
                     anyhow!("XDP on {iface} attached through legacy netlink instead of a bpf_link; it could not be pinned and has been removed")
                 })?;
-                link.pin(p.dir.link("xdp"))
+                link.pin(p.dir.link(LINK_XDP))
                     .context("pinning the XDP link")?;
                 return Ok(label);
             }

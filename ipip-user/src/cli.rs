@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::attach::XdpModeArg;
+use crate::attach::{DecapHook, XdpModeArg};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,7 +45,11 @@ pub enum Command {
         /// Peers file (TOML): [tunnel] settings and one [[peer]] per remote endpoint.
         #[arg(long, short, value_name = "FILE")]
         peers: PathBuf,
-        /// XDP attach mode.
+        /// Where to decapsulate: XDP (packet rate, forwarding) or TC ingress (bulk TCP that
+        /// ends on this host: keeps GRO-merged packets).
+        #[arg(long, value_enum, default_value = "xdp")]
+        decap: DecapHook,
+        /// XDP attach mode (with --decap xdp).
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: XdpModeArg,
         /// Print what was done as JSON.

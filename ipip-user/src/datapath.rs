@@ -7,7 +7,7 @@ use aya::{
 };
 use ipip_common::{
     PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_PEERS, MAP_PEER_BY_REMOTE, MAP_PEER_NAMES,
-    MAP_ROUTES, PROG_TC_EGRESS, PROG_XDP_DECAP,
+    MAP_ROUTES, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP,
 };
 
 use crate::plan::{peer_name, Plan};
@@ -51,12 +51,10 @@ impl Datapath {
                 source,
             })?;
         }
-        {
-            let tc: &mut SchedClassifier = prog_mut(&mut ebpf, PROG_TC_EGRESS)?;
-            tc.load().map_err(|source| DatapathError::Program {
-                name: PROG_TC_EGRESS,
-                source,
-            })?;
+        for name in [PROG_TC_EGRESS, PROG_TC_INGRESS] {
+            let tc: &mut SchedClassifier = prog_mut(&mut ebpf, name)?;
+            tc.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         Ok(Self { ebpf })
     }
@@ -65,8 +63,14 @@ impl Datapath {
         prog_mut(&mut self.ebpf, PROG_XDP_DECAP)
     }
 
+    /// The TC egress encapsulator.
     pub fn tc(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
         prog_mut(&mut self.ebpf, PROG_TC_EGRESS)
+    }
+
+    /// The TC ingress decapsulator (the alternative to XDP).
+    pub fn tc_decap(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        prog_mut(&mut self.ebpf, PROG_TC_INGRESS)
     }
 
     /// Writes the plan into the maps. Peers first, then routes: a route never points at a

@@ -85,19 +85,20 @@ async fn dispatch(cmd: Command) -> Result<()> {
         Command::Attach {
             interface,
             peers,
+            decap,
             xdp_mode,
             json,
         } => {
             // The file is checked first: a bad file is reported the same way for everyone.
             PeersFile::load(&peers)?;
             require_admin("attach")?;
-            let a = attach::attach(&interface, &peers, xdp_mode).await?;
+            let a = attach::attach(&interface, &peers, decap, xdp_mode).await?;
             if json {
                 return print_json(&a);
             }
             println!(
-                "attached to {} ({} XDP + TC egress), local {}, tunnel MTU {}, {} peer(s)",
-                a.interface, a.xdp_mode, a.local, a.tunnel_mtu, a.peers
+                "attached to {}: decap {}, encap tc egress, local {}, tunnel MTU {}, {} peer(s)",
+                a.interface, a.decap, a.local, a.tunnel_mtu, a.peers
             );
             if let Some(addr) = &a.address {
                 println!(

@@ -4,7 +4,11 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::{attach::read_tunnel, netif::Netlink, pins::PinDir};
+use crate::{
+    attach::{read_tunnel, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP},
+    netif::Netlink,
+    pins::PinDir,
+};
 
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
@@ -18,16 +22,21 @@ pub struct Status {
     pub address: Option<String>,
     pub peers: u32,
     pub routes_installed: usize,
-    pub xdp_link_pinned: bool,
-    pub tc_link_pinned: bool,
+    /// `xdp` or `tc`: where decapsulation runs.
+    pub decap: &'static str,
 }
 
 pub async fn collect() -> Result<Vec<Status>> {
     let nl = Netlink::open()?;
     let mut out = Vec::new();
     for dir in PinDir::list()? {
-        let xdp = dir.link("xdp").exists();
-        let tc = dir.link("tc_egress").exists();
+        let decap_link = dir.link(LINK_XDP).exists() || dir.link(LINK_TC_INGRESS).exists();
+        let encap_link = dir.link(LINK_TC_EGRESS).exists();
+        let decap = if dir.link(LINK_TC_INGRESS).exists() {
+            "tc"
+        } else {
+            "xdp"
+        };
         let (state, ifindex, local, address, peers, routes) = match read_tunnel(&dir) {
             Err(e) => (
                 format!(
@@ -43,7 +52,9 @@ pub async fn collect() -> Result<Vec<Status>> {
             Ok(t) => {
                 let link = nl.link_by_index(t.ifindex).await?;
                 let state = match link {
-                    Some(l) if l.name == dir.interface && xdp && tc => "ok".to_string(),
+                    Some(l) if l.name == dir.interface && decap_link && encap_link => {
+                        "ok".to_string()
+                    }
                     Some(l) if l.name == dir.interface => {
                         "programs missing: run `ipip-user detach` and attach again".to_string()
                     }
@@ -77,8 +88,7 @@ pub async fn collect() -> Result<Vec<Status>> {
             address,
             peers,
             routes_installed: routes,
-            xdp_link_pinned: xdp,
-            tc_link_pinned: tc,
+            decap,
         });
     }
     Ok(out)
@@ -92,9 +102,10 @@ pub fn render(all: &[Status]) -> String {
     for s in all {
         let _ = writeln!(
             o,
-            "{}: {}  local {}  tunnel address {}  peers {}  routes {}  pins {}",
+            "{}: {}  decap {}  local {}  tunnel address {}  peers {}  routes {}  pins {}",
             s.interface,
             s.state,
+            s.decap,
             s.local,
             s.address.as_deref().unwrap_or("none"),
             s.peers,

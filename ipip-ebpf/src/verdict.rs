@@ -1,0 +1,48 @@
+//! The one place where an [`Error`] becomes a program return code, counted and (when asked
+//! for) described.
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+use ipip_ebpf::error::{Error, Verdict};
+
+use crate::{
+    packet::{Packet, ETH_LEN},
+    stats, trace,
+};
+
+#[inline(always)]
+fn account<C: EbpfContext + Packet>(ctx: &C, hook: &str, e: Error) -> Verdict {
+    let (verdict, reason) = e.verdict();
+    if let Some(r) = reason {
+        stats::count_reason(r);
+        if verdict == Verdict::Drop {
+            trace::drop(ctx, hook, r, ETH_LEN);
+        }
+    }
+    verdict
+}
+
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext, hook: &str, result: Result<u32, Error>) -> u32 {
+    match result {
+        Ok(action) => action,
+        Err(e) => match account(ctx, hook, e) {
+            Verdict::Pass => xdp_action::XDP_PASS,
+            Verdict::Drop => xdp_action::XDP_DROP,
+        },
+    }
+}
+
+#[inline(always)]
+pub fn tc(ctx: &TcContext, hook: &str, result: Result<(), Error>) -> i32 {
+    match result {
+        Ok(()) => TC_ACT_OK as i32,
+        Err(e) => match account(ctx, hook, e) {
+            Verdict::Pass => TC_ACT_OK as i32,
+            Verdict::Drop => TC_ACT_SHOT as i32,
+        },
+    }
+}
