@@ -14,7 +14,7 @@ use ipip_ebpf::error::Error;
 
 use crate::{
     decap::classify,
-    packet::{Packet as _, ETH_LEN},
+    packet::ETH_LEN,
     stats, verdict,
 };
 

@@ -39,10 +39,10 @@ pub fn xdp(ctx: &XdpContext, hook: &str, result: Result<u32, Error>) -> u32 {
 #[inline(always)]
 pub fn tc(ctx: &TcContext, hook: &str, result: Result<(), Error>) -> i32 {
     match result {
-        Ok(()) => TC_ACT_OK as i32,
+        Ok(()) => TC_ACT_OK,
         Err(e) => match account(ctx, hook, e) {
-            Verdict::Pass => TC_ACT_OK as i32,
-            Verdict::Drop => TC_ACT_SHOT as i32,
+            Verdict::Pass => TC_ACT_OK,
+            Verdict::Drop => TC_ACT_SHOT,
         },
     }
 }

@@ -7,7 +7,7 @@ use ipip_ebpf::error::Error;
 
 use crate::{
     decap::classify,
-    packet::{ref_mut_at, EthRaw, ETH_LEN},
+    packet::{ref_mut_at, EthRaw},
     stats, verdict,
 };
 
