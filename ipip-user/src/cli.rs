@@ -69,6 +69,10 @@ pub enum Command {
         /// One JSON array of per-interface objects.
         #[arg(long)]
         json: bool,
+        /// Print again every SECONDS, with per-second rates, until Ctrl-C (JSON: one array
+        /// per line).
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
     },
     /// Describe each packet the data path drops (reason, addresses) as it happens.
     #[command(after_help = "Example:\n  ipip-user log eth0 --seconds 30")]

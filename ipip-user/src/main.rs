@@ -53,6 +53,40 @@ fn enter_netns(name: &str) -> Result<()> {
         .with_context(|| format!("entering network namespace {name} (needs root)"))
 }
 
+/// Prints one round of stats (with rates against `previous` when watching) and returns it.
+fn show_stats(
+    dirs: &[PinDir],
+    json: bool,
+    watching: bool,
+    previous: Option<&[stats::Sample]>,
+) -> Result<Vec<stats::Sample>> {
+    let now = dirs
+        .iter()
+        .map(stats::Sample::take)
+        .collect::<Result<Vec<_>>>()?;
+    if json {
+        let snaps: Vec<_> = now.iter().map(|s| &s.snapshot).collect();
+        if watching {
+            // One line per round, so a reader can parse the stream line by line.
+            println!("{}", serde_json::to_string(&snaps)?);
+        } else {
+            print_json(&snaps)?;
+        }
+        return Ok(now);
+    }
+    if now.is_empty() {
+        println!("nothing attached in this network namespace");
+    }
+    for s in &now {
+        let before = previous.and_then(|p| {
+            p.iter()
+                .find(|b| b.snapshot.interface == s.snapshot.interface)
+        });
+        print!("{}", stats::render(&s.snapshot, before.map(|b| (b, s))));
+    }
+    Ok(now)
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -132,7 +166,11 @@ async fn dispatch(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Stats { interface, json } => {
+        Command::Stats {
+            interface,
+            json,
+            watch,
+        } => {
             let dirs = match interface {
                 Some(i) => {
                     let d = PinDir::for_interface(&i)?;
@@ -144,17 +182,21 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 }
                 None => PinDir::list()?,
             };
-            let snaps = dirs.iter().map(stats::read).collect::<Result<Vec<_>>>()?;
-            if json {
-                return print_json(&snaps);
+            match watch {
+                None => show_stats(&dirs, json, false, None),
+                Some(secs) => {
+                    let period = std::time::Duration::from_secs(secs.max(1));
+                    let mut previous = None;
+                    loop {
+                        previous = Some(show_stats(&dirs, json, true, previous.as_deref())?);
+                        tokio::select! {
+                            _ = tokio::time::sleep(period) => {}
+                            _ = tokio::signal::ctrl_c() => return Ok(()),
+                        }
+                    }
+                }
             }
-            if snaps.is_empty() {
-                println!("nothing attached in this network namespace");
-            }
-            for s in &snaps {
-                print!("{}", stats::render(s));
-            }
-            Ok(())
+            .map(|_| ())
         }
         Command::Log { interface, seconds } => {
             require_admin("log")?;

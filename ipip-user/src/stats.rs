@@ -93,8 +93,28 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
     })
 }
 
-/// Human-readable rendering, in the spirit of `ip -s link` and `wg show`.
-pub fn render(s: &Snapshot) -> String {
+/// A snapshot and when it was taken, for rates.
+pub struct Sample {
+    pub snapshot: Snapshot,
+    pub at: std::time::Instant,
+}
+
+impl Sample {
+    pub fn take(dir: &PinDir) -> Result<Self> {
+        Ok(Self {
+            snapshot: read(dir)?,
+            at: std::time::Instant::now(),
+        })
+    }
+}
+
+fn rate(now: u64, before: u64, secs: f64) -> f64 {
+    now.saturating_sub(before) as f64 / secs
+}
+
+/// Human-readable rendering, in the spirit of `ip -s link` and `wg show`; with a previous
+/// sample, per-second rates too.
+pub fn render(s: &Snapshot, rates: Option<(&Sample, &Sample)>) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -110,6 +130,24 @@ pub fn render(s: &Snapshot) -> String {
             "    rx {} packets, {} bytes    tx {} packets, {} bytes",
             p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes
         );
+        let before = rates.and_then(|(b, n)| {
+            let secs = n.at.duration_since(b.at).as_secs_f64().max(1e-3);
+            b.snapshot
+                .peers
+                .iter()
+                .find(|q| q.name == p.name)
+                .map(|q| (q, secs))
+        });
+        if let Some((q, secs)) = before {
+            let _ = writeln!(
+                o,
+                "    rate rx {:.0} pkt/s {:.3} Mbit/s    tx {:.0} pkt/s {:.3} Mbit/s",
+                rate(p.rx_packets, q.rx_packets, secs),
+                rate(p.rx_bytes, q.rx_bytes, secs) * 8.0 / 1e6,
+                rate(p.tx_packets, q.tx_packets, secs),
+                rate(p.tx_bytes, q.tx_bytes, secs) * 8.0 / 1e6,
+            );
+        }
     }
     let _ = writeln!(o, "  drops and hand-offs to the kernel:");
     for r in Reason::ALL {
