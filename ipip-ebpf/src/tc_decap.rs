@@ -12,11 +12,7 @@ use aya_ebpf::{
 use ipip_common::{Reason, OUTER_HEADER_LEN};
 use ipip_ebpf::error::Error;
 
-use crate::{
-    decap::classify,
-    packet::ETH_LEN,
-    stats, verdict,
-};
+use crate::{decap::classify, packet::ETH_LEN, stats, verdict};
 
 /// Ethernet + outer + inner IPv4 headers: what classification reads directly.
 const HEADERS: u32 = (ETH_LEN + 2 * OUTER_HEADER_LEN) as u32;
