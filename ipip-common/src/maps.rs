@@ -99,9 +99,12 @@ pub struct TunnelConfig {
     pub flags: u32,
     /// Number of peers loaded.
     pub peer_count: u32,
+    /// SO_NETNS_COOKIE of the namespace attached in: unlike its inode, never reused, so pins
+    /// left by a deleted namespace are told apart from a live attachment.
+    pub netns_cookie: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 32);
 
 impl TunnelConfig {
     pub const fn local(&self) -> u32 {

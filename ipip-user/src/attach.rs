@@ -17,8 +17,8 @@ use ipip_common::{
 use crate::{
     config::PeersFile,
     datapath::Datapath,
-    netif::{Link, Netlink},
-    pins::{ensure_bpffs, PinDir},
+    netif::{Link, NetError, Netlink},
+    pins::{ensure_bpffs, netns_cookie, PinDir},
     plan::{Plan, Underlay},
 };
 
@@ -71,6 +71,14 @@ async fn prepare(nl: &Netlink, interface: &str, peers_path: &Path) -> Result<Pre
     let file = PeersFile::load(peers_path)?;
     let link = nl.link(interface).await?;
     let dir = PinDir::for_interface(interface)?;
+    if dir.exists() && is_stale(&dir) {
+        log::warn!(
+            "removing {}: left by a deleted network namespace whose inode this one reuses",
+            dir.path.display()
+        );
+        dir.remove()
+            .with_context(|| format!("removing stale pins {}", dir.path.display()))?;
+    }
     if dir.exists() {
         bail!(
             "{interface} is already attached (pins in {}): nothing changed. Run `ipip-user detach {interface}` first, then attach again",
@@ -122,7 +130,7 @@ async fn prepare(nl: &Netlink, interface: &str, peers_path: &Path) -> Result<Pre
         .tunnel
         .address
         .is_some_and(|n| addrs.iter().any(|(a, _, _)| *a == n.addr()));
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         &file,
         &Underlay {
             ifindex: link.index,
@@ -130,6 +138,7 @@ async fn prepare(nl: &Netlink, interface: &str, peers_path: &Path) -> Result<Pre
             local,
         },
     );
+    plan.tunnel.netns_cookie = netns_cookie()?;
     Ok(Prepared {
         link,
         dir,
@@ -307,8 +316,17 @@ async fn teardown(
         }
     }
     if let Some(addr) = added_address {
-        if let Err(e) = nl.del_address(ifindex, addr).await {
-            first_err.get_or_insert(anyhow::Error::new(e));
+        match nl.del_address(ifindex, addr).await {
+            Err(NetError::Netlink {
+                source: rtnetlink::Error::NetlinkError(e),
+                ..
+            }) if e.raw_code() == -libc::EADDRNOTAVAIL || e.raw_code() == -libc::ENODEV => {
+                log::info!("address {addr} was already removed (or its interface is gone)");
+            }
+            Err(e) => {
+                first_err.get_or_insert(anyhow::Error::new(e));
+            }
+            Ok(()) => {}
         }
     }
     if let Err(e) = dir.remove() {
@@ -331,6 +349,16 @@ pub async fn detach(interface: &str) -> Result<Detached> {
     if !dir.exists() {
         bail!("{interface} is not attached in this network namespace (nothing under {}); `ipip-user status` lists what is", dir.path.display());
     }
+    if is_stale(&dir) {
+        // Its namespace (and with it the interface, routes and address) is gone already.
+        dir.remove()
+            .with_context(|| format!("removing {}", dir.path.display()))?;
+        return Ok(Detached {
+            interface: interface.to_string(),
+            routes_removed: 0,
+            address_removed: None,
+        });
+    }
     let nl = Netlink::open()?;
     let tunnel =
         read_tunnel(&dir).with_context(|| format!("reading {}", dir.map(MAP_CONFIG).display()))?;
@@ -348,6 +376,15 @@ pub async fn detach(interface: &str) -> Result<Detached> {
         routes_removed,
         address_removed: address.map(|a| a.to_string()),
     })
+}
+
+/// Whether an attachment's pins were left by a deleted namespace that had the same inode as
+/// this one (inodes are reused at once; the namespace cookie is not).
+pub fn is_stale(dir: &PinDir) -> bool {
+    match (read_tunnel(dir), netns_cookie()) {
+        (Ok(t), Ok(cookie)) => t.netns_cookie != cookie,
+        _ => false,
+    }
 }
 
 /// The tunnel settings of an attachment, from its pinned config map.

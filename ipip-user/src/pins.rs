@@ -27,6 +27,34 @@ pub fn netns_id() -> Result<u64, PinError> {
         .map_err(PinError::Netns)
 }
 
+/// SO_NETNS_COOKIE of the calling thread's network namespace: unique for the machine's uptime.
+pub fn netns_cookie() -> Result<u64, PinError> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned (and closed) by `sock` right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(PinError::Netns(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid socket, and a u64 out-buffer whose size is passed along.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(PinError::Netns(io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
 /// Makes sure bpffs is mounted at /sys/fs/bpf, mounting it if it is not (as bpftool does).
 pub fn ensure_bpffs() -> Result<(), PinError> {
     if is_bpffs(Path::new(BPFFS)) {

@@ -92,6 +92,7 @@ impl Plan {
                 ifindex: underlay.ifindex,
                 flags: 0,
                 peer_count: peers.len() as u32,
+                netns_cookie: 0,
             },
             address,
             tunnel_mtu,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use crate::{
-    attach::{read_tunnel, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP},
+    attach::{is_stale, read_tunnel, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP},
     netif::Netlink,
     pins::PinDir,
 };
@@ -47,6 +47,17 @@ pub async fn collect() -> Result<Vec<Status>> {
                 String::new(),
                 None,
                 0,
+                0,
+            ),
+            Ok(t) if is_stale(&dir) => (
+                format!(
+                    "stale: left by a deleted network namespace; `ipip-user detach {}` removes it",
+                    dir.interface
+                ),
+                t.ifindex,
+                std::net::Ipv4Addr::from(t.local).to_string(),
+                None,
+                t.peer_count,
                 0,
             ),
             Ok(t) => {

@@ -25,6 +25,61 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     status(c, &format!("cargo {}", args.join(" ")))
 }
 
+/// Test counts summed over every `test result:` line cargo's test harness printed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+impl Counts {
+    /// Adds one `test result: ok. 8 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo ARGS` like [`cargo`], echoing its stdout while counting test results.
+pub fn cargo_counting(args: &[&str], counts: &mut Counts) -> Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let what = format!("cargo {}", args.join(" "));
+    let mut child = Command::new(cargo_bin())
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run `{what}`"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("reading the output of `{what}`"))?;
+        counts.add_line(&line);
+        let _ = writeln!(out, "{line}");
+    }
+    drop(out);
+    let st = child
+        .wait()
+        .with_context(|| format!("waiting for `{what}`"))?;
+    anyhow::ensure!(st.success(), "`{what}` failed ({st})");
+    Ok(())
+}
+
 /// Runs a prepared command with inherited stdio; fails on non-zero exit.
 pub fn status(mut c: Command, what: &str) -> Result<()> {
     let st = c.status().with_context(|| format!("cannot run `{what}`"))?;
@@ -53,4 +108,20 @@ pub fn run(args: &[&str]) -> Result<()> {
 
 pub fn is_root() -> bool {
     ipip_tests::require_root().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+
+    #[test]
+    fn counts_sum_cargo_test_result_lines() {
+        let mut c = Counts::default();
+        c.add_line("test result: ok. 8 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 8.70s");
+        c.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        c.add_line("running 8 tests");
+        assert_eq!((c.passed, c.failed, c.ignored), (11, 2, 1));
+    }
 }
