@@ -27,10 +27,22 @@ pub enum Reason {
     PassIpipNotLocal = 9,
     /// Outer header carries IP options; Linux peers never send them, the fast path refuses them.
     DropOuterOptions = 10,
+    /// Forwarded packet whose TTL runs out here: the kernel answers with ICMP time exceeded.
+    PassTtlExpired = 11,
+    /// The next hop's MAC is not known yet: the kernel resolves it (and queues the packet).
+    PassNoNeighbour = 12,
+    /// Larger than the egress MTU: the kernel fragments it or answers "fragmentation needed".
+    PassNeedsFrag = 13,
+    /// Forwarded packet with IP options: left to the kernel.
+    PassIpOptions = 14,
+    /// The FIB has no forwarding answer (no route, blackhole, forwarding disabled, ...).
+    PassFibNoRoute = 15,
+    /// The FIB's egress interface is not one the fast path may send on.
+    PassEgressNotFast = 16,
 }
 
 /// Number of reasons; the size of the reasons map.
-pub const REASON_COUNT: u32 = 11;
+pub const REASON_COUNT: u32 = 17;
 
 impl Reason {
     /// All reasons in index order.
@@ -46,6 +58,12 @@ impl Reason {
         Reason::DropNoPeer,
         Reason::PassIpipNotLocal,
         Reason::DropOuterOptions,
+        Reason::PassTtlExpired,
+        Reason::PassNoNeighbour,
+        Reason::PassNeedsFrag,
+        Reason::PassIpOptions,
+        Reason::PassFibNoRoute,
+        Reason::PassEgressNotFast,
     ];
 
     /// Stable snake_case name used in `stats`, JSON and metrics labels.
@@ -62,12 +80,27 @@ impl Reason {
             Reason::DropNoPeer => "no_peer",
             Reason::PassIpipNotLocal => "ipip_not_local",
             Reason::DropOuterOptions => "outer_options",
+            Reason::PassTtlExpired => "ttl_expired",
+            Reason::PassNoNeighbour => "no_neighbour",
+            Reason::PassNeedsFrag => "needs_fragmentation",
+            Reason::PassIpOptions => "ip_options",
+            Reason::PassFibNoRoute => "fib_no_route",
+            Reason::PassEgressNotFast => "egress_not_fast",
         }
     }
 
     /// Whether the packet was dropped (as opposed to handed to the kernel).
     pub const fn is_drop(self) -> bool {
-        !matches!(self, Reason::PassIpipNotLocal)
+        !matches!(
+            self,
+            Reason::PassIpipNotLocal
+                | Reason::PassTtlExpired
+                | Reason::PassNoNeighbour
+                | Reason::PassNeedsFrag
+                | Reason::PassIpOptions
+                | Reason::PassFibNoRoute
+                | Reason::PassEgressNotFast
+        )
     }
 
     /// One-line explanation for operators.
@@ -94,6 +127,51 @@ impl Reason {
                 "IPIP not addressed to the tunnel's local address, left to the kernel"
             }
             Reason::DropOuterOptions => "IPIP whose outer header carries IP options",
+            Reason::PassTtlExpired => {
+                "forwarded packet's TTL ran out: the kernel sends ICMP time exceeded"
+            }
+            Reason::PassNoNeighbour => "next hop's MAC unknown yet: the kernel resolves it",
+            Reason::PassNeedsFrag => {
+                "larger than the egress MTU: the kernel fragments or sends ICMP"
+            }
+            Reason::PassIpOptions => "forwarded packet with IP options",
+            Reason::PassFibNoRoute => "no forwarding route in the FIB (or forwarding disabled)",
+            Reason::PassEgressNotFast => "FIB egress interface is not a fast-path interface",
+        }
+    }
+}
+
+/// Which path a packet took through the tunnel, so an operator can see whether the XDP fast
+/// path or the kernel does the work. The discriminant indexes the per-CPU paths map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Encapsulated by XDP on a LAN interface and redirected out of the underlay.
+    EncapFast = 0,
+    /// Encapsulated by TC egress: traffic the host originates or the kernel forwards.
+    EncapKernel = 1,
+    /// Decapsulated and redirected straight to a LAN interface by XDP.
+    DecapFast = 2,
+    /// Decapsulated and handed to the kernel (local delivery or kernel forwarding).
+    DecapKernel = 3,
+}
+
+pub const PATH_COUNT: u32 = 4;
+
+impl Path {
+    pub const ALL: [Path; PATH_COUNT as usize] = [
+        Path::EncapFast,
+        Path::EncapKernel,
+        Path::DecapFast,
+        Path::DecapKernel,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Path::EncapFast => "encap_fast",
+            Path::EncapKernel => "encap_kernel",
+            Path::DecapFast => "decap_fast",
+            Path::DecapKernel => "decap_kernel",
         }
     }
 }
@@ -114,6 +192,13 @@ const _: () = assert!(core::mem::size_of::<PeerCounters>() == 32);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_indexed_densely() {
+        for (i, p) in Path::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i, "{p:?} out of order");
+        }
+    }
 
     #[test]
     fn reasons_are_indexed_densely_and_named_uniquely() {

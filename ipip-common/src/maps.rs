@@ -15,11 +15,17 @@ pub const MAP_PEER_STATS: &str = "peer_stats";
 pub const MAP_REASONS: &str = "reasons";
 /// Array: peer index → [`PeerName`], so that `stats` from another process can name peers.
 pub const MAP_PEER_NAMES: &str = "peer_names";
+/// Per-CPU array: [`crate::Path`] → packet count.
+pub const MAP_PATHS: &str = "paths";
+/// Device map (hash): the interfaces the XDP fast path may redirect to (underlay + LANs).
+pub const MAP_FWD_DEVS: &str = "fwd_devs";
+pub const MAX_FWD_DEVS: u32 = 64;
 
 /// Program names in the object file.
 pub const PROG_XDP_DECAP: &str = "ipip_xdp_decap";
 pub const PROG_TC_EGRESS: &str = "ipip_tc_encap";
 pub const PROG_TC_INGRESS: &str = "ipip_tc_decap";
+pub const PROG_XDP_LAN: &str = "ipip_xdp_lan";
 
 pub const MAX_PEERS: u32 = 1024;
 pub const MAX_ROUTES: u32 = 16384;
@@ -82,6 +88,9 @@ pub const TUNNEL_FLAG_LOG_DROPS: u32 = 1 << 1;
 
 /// Decapsulation runs at TC ingress instead of XDP (`attach --decap tc`).
 pub const TUNNEL_FLAG_DECAP_TC: u32 = 1 << 2;
+
+/// The XDP fast path is on: decapsulated transit traffic is redirected to LAN interfaces.
+pub const TUNNEL_FLAG_FAST_PATH: u32 = 1 << 3;
 
 /// Tunnel-wide settings, index 0 of the config array.
 #[repr(C)]

@@ -6,4 +6,5 @@
 pub mod checksum;
 pub mod ecn;
 pub mod error;
+pub mod forward;
 pub mod outer;

@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 mod decap;
 #[cfg(target_arch = "bpf")]
+mod fib;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
@@ -21,6 +23,8 @@ mod trace;
 mod verdict;
 #[cfg(target_arch = "bpf")]
 mod xdp_decap;
+#[cfg(target_arch = "bpf")]
+mod xdp_lan;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

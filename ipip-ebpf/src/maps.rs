@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, PerCpuArray},
 };
 use ipip_common::{
-    PeerConfig, PeerCounters, PeerName, RouteKey, TunnelConfig, MAX_PEERS, MAX_ROUTES, REASON_COUNT,
+    PeerConfig, PeerCounters, PeerName, RouteKey, TunnelConfig, MAX_FWD_DEVS, MAX_PEERS,
+    MAX_ROUTES, PATH_COUNT, REASON_COUNT,
 };
 
 /// Inner prefix → peer index: what to encapsulate, and which inner sources a peer may use.
@@ -31,3 +32,10 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUN
 /// Only read by user space (stats from another process); the programs never touch it.
 #[map(name = "peer_names")]
 pub static PEER_NAMES: Array<PeerName> = Array::with_max_entries(MAX_PEERS, 0);
+
+#[map(name = "paths")]
+pub static PATHS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PATH_COUNT, 0);
+
+/// Where the fast path may redirect: the underlay and the LAN interfaces, by ifindex.
+#[map(name = "fwd_devs")]
+pub static FWD_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_FWD_DEVS, 0);

@@ -1,8 +1,8 @@
 //! Counter updates. Per-CPU maps: plain adds, no atomics.
 
-use ipip_common::Reason;
+use ipip_common::{Path, Reason};
 
-use crate::maps::{PEER_STATS, REASONS};
+use crate::maps::{PATHS, PEER_STATS, REASONS};
 
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
@@ -31,5 +31,13 @@ pub fn count_tx(peer: u32, packets: u64, bytes: u64) {
             (*c).tx_packets += packets;
             (*c).tx_bytes += bytes;
         }
+    }
+}
+
+#[inline(always)]
+pub fn count_path(path: Path) {
+    if let Some(c) = PATHS.get_ptr_mut(path as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *c += 1 };
     }
 }

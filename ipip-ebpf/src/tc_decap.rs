@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ipip_common::{Reason, OUTER_HEADER_LEN};
+use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
 use ipip_ebpf::error::Error;
 
 use crate::{decap::classify, packet::ETH_LEN, stats, verdict};
@@ -37,5 +37,6 @@ fn try_decap(ctx: &TcContext) -> Result<(), Error> {
     )
     .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
     stats::count_rx(accepted.peer, accepted.inner_len as u64);
+    stats::count_path(Path::DecapKernel);
     Ok(())
 }

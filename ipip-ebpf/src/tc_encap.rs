@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use ipip_common::{Reason, OUTER_HEADER_LEN};
+use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
 use ipip_ebpf::{
     error::Error,
     outer::{self, Inner},
@@ -85,5 +85,6 @@ fn try_encap(ctx: &TcContext) -> Result<(), Error> {
     ctx.store(ETH_LEN, &header, 0)
         .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
     stats::count_tx(peer_idx, gso_segs.max(1) as u64, inner_len as u64);
+    stats::count_path(Path::EncapKernel);
     Ok(())
 }

@@ -1,13 +1,17 @@
 //! XDP on the underlay: decapsulate IPIP from configured peers, drop and count all other IPIP
-//! addressed to us, pass everything else untouched.
+//! addressed to us, pass everything else untouched. With the fast path on, decapsulated
+//! transit traffic is forwarded straight to its LAN interface.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use ipip_common::OUTER_HEADER_LEN;
-use ipip_ebpf::error::Error;
+use ipip_common::{Path, Reason, OUTER_HEADER_LEN, TUNNEL_FLAG_FAST_PATH};
+use ipip_ebpf::{error::Error, forward::decrement_ttl};
+use network_types::ip::Ipv4Hdr;
 
 use crate::{
     decap::classify,
-    packet::{ref_mut_at, EthRaw},
+    fib::{self, Fib},
+    maps::{CONFIG, FWD_DEVS},
+    packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
 
@@ -19,17 +23,88 @@ pub fn ipip_xdp_decap(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
     let accepted = classify(ctx)?;
+    if let Some(action) = forward_fast(ctx, accepted.peer, accepted.inner_len)? {
+        return Ok(action);
+    }
     // Slide the Ethernet header forward over the outer IPv4 header, then drop the 20 bytes in
     // front of it. The EtherType (IPv4) stays valid for the inner packet.
     let mac: EthRaw = *ref_mut_at::<EthRaw>(ctx, 0).ok_or(Error::NotOurs)?;
     let moved: &mut EthRaw = ref_mut_at(ctx, OUTER_HEADER_LEN).ok_or(Error::NotOurs)?;
     *moved = mac;
+    remove_outer(ctx)?;
+    // Every packet pointer is stale from here on; nothing below touches the packet.
+    stats::count_rx(accepted.peer, accepted.inner_len as u64);
+    stats::count_path(Path::DecapKernel);
+    Ok(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn remove_outer(ctx: &XdpContext) -> Result<(), Error> {
     // SAFETY: plain helper call on our own context.
     let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, OUTER_HEADER_LEN as i32) };
     if rc != 0 {
-        return Err(Error::Drop(ipip_common::Reason::DropHelperFailed));
+        return Err(Error::Drop(Reason::DropHelperFailed));
     }
-    // Every packet pointer is stale from here on; nothing below touches the packet.
-    stats::count_rx(accepted.peer, accepted.inner_len as u64);
-    Ok(xdp_action::XDP_PASS)
+    Ok(())
+}
+
+/// The decapsulating half of the fast path: an accepted packet in transit to a LAN is
+/// forwarded right here (TTL down, MACs from the FIB, XDP_REDIRECT). `None`: not possible or
+/// not wanted, the caller hands the inner packet to the kernel (counted here when it could
+/// have been forwarded but wasn't).
+#[inline(always)]
+fn forward_fast(ctx: &XdpContext, peer: u32, inner_len: usize) -> Result<Option<u32>, Error> {
+    let fast = CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & TUNNEL_FLAG_FAST_PATH != 0);
+    if !fast {
+        return Ok(None);
+    }
+    let inner: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN + OUTER_HEADER_LEN).ok_or(Error::NotOurs)?;
+    let fib = fib::lookup(
+        ctx,
+        inner.src_addr,
+        inner.dst_addr,
+        inner.tos,
+        inner_len as u16,
+        ctx.ingress_ifindex() as u32,
+    );
+    let (smac, dmac, ifindex) = match fib {
+        Fib::Local => return Ok(None),
+        Fib::Kernel(r) => {
+            stats::count_reason(r);
+            return Ok(None);
+        }
+        Fib::Forward { .. } if inner.vihl != 0x45 => {
+            stats::count_reason(Reason::PassIpOptions);
+            return Ok(None);
+        }
+        Fib::Forward { .. } if inner.ttl <= 1 => {
+            stats::count_reason(Reason::PassTtlExpired);
+            return Ok(None);
+        }
+        Fib::Forward {
+            ifindex,
+            smac,
+            dmac,
+        } => (smac, dmac, ifindex),
+    };
+    let (ttl, check) = decrement_ttl(inner.ttl, inner.proto, u16::from_be_bytes(inner.check));
+    inner.ttl = ttl;
+    inner.check = check.to_be_bytes();
+    // The new Ethernet header goes right in front of the inner packet.
+    let eth: &mut EthRaw = ref_mut_at(ctx, OUTER_HEADER_LEN).ok_or(Error::NotOurs)?;
+    *eth = EthRaw {
+        dst: dmac,
+        src: smac,
+        proto: ETH_P_IP,
+    };
+    remove_outer(ctx)?;
+    stats::count_rx(peer, inner_len as u64);
+    stats::count_path(Path::DecapFast);
+    Ok(Some(
+        FWD_DEVS
+            .redirect(ifindex, 0)
+            .unwrap_or(xdp_action::XDP_ABORTED),
+    ))
 }

@@ -10,8 +10,8 @@ use aya::{
     programs::{links::FdLink, xdp::XdpMode, TcAttachType},
 };
 use ipip_common::{
-    TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP,
-    TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC,
+    TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP, PROG_XDP_LAN,
+    TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC, TUNNEL_FLAG_FAST_PATH,
 };
 
 use crate::{
@@ -49,6 +49,8 @@ pub struct Attached {
     pub pin_dir: String,
     /// `xdp (native)`, `xdp (generic)` or `tc`.
     pub decap: String,
+    /// LAN interfaces with the fast path, and their XDP mode.
+    pub lans: Vec<String>,
     pub local: Ipv4Addr,
     pub address: Option<String>,
     pub address_added: bool,
@@ -65,11 +67,42 @@ struct Prepared {
     /// Next hop toward each peer's remote, by peer index.
     next_hops: Vec<Option<Ipv4Addr>>,
     address_present: bool,
+    /// LAN interfaces that get the XDP fast path.
+    lans: Vec<Link>,
 }
 
-async fn prepare(nl: &Netlink, interface: &str, peers_path: &Path) -> Result<Prepared> {
+async fn prepare(
+    nl: &Netlink,
+    interface: &str,
+    peers_path: &Path,
+    extra_lans: &[String],
+    decap: DecapHook,
+) -> Result<Prepared> {
     let file = PeersFile::load(peers_path)?;
     let link = nl.link(interface).await?;
+    let mut lans: Vec<Link> = Vec::new();
+    for name in file.tunnel.lan.iter().chain(extra_lans) {
+        if let Err(why) = crate::config::check_interface_name(name) {
+            bail!("LAN interface {name:?}: {why}");
+        }
+        if name == interface {
+            bail!("{name} is the underlay interface; a LAN interface must be another one");
+        }
+        if lans.iter().any(|l| &l.name == name) {
+            continue;
+        }
+        let lan = nl
+            .link(name)
+            .await
+            .with_context(|| format!("LAN interface {name}"))?;
+        lans.push(lan);
+    }
+    if !lans.is_empty() && decap == DecapHook::Tc {
+        bail!("the XDP fast path (--lan) decapsulates with XDP: drop --decap tc, or drop the LAN interfaces");
+    }
+    if !lans.is_empty() && !ip_forwarding() {
+        log::warn!("net.ipv4.ip_forward is 0: this host forwards nothing, fast path or not (sysctl -w net.ipv4.ip_forward=1)");
+    }
     let dir = PinDir::for_interface(interface)?;
     if dir.exists() && is_stale(&dir) {
         log::warn!(
@@ -139,23 +172,33 @@ async fn prepare(nl: &Netlink, interface: &str, peers_path: &Path) -> Result<Pre
         },
     );
     plan.tunnel.netns_cookie = netns_cookie()?;
+    if !lans.is_empty() {
+        plan.tunnel.flags |= TUNNEL_FLAG_FAST_PATH;
+    }
     Ok(Prepared {
         link,
         dir,
         plan,
         next_hops,
         address_present,
+        lans,
     })
 }
 
-pub async fn attach(
-    interface: &str,
-    peers_path: &Path,
-    decap: DecapHook,
-    mode: XdpModeArg,
-) -> Result<Attached> {
+/// What to attach, from the command line.
+pub struct AttachRequest<'a> {
+    pub interface: &'a str,
+    pub peers: &'a Path,
+    pub decap: DecapHook,
+    pub xdp_mode: XdpModeArg,
+    /// LAN interfaces for the fast path, besides those the peers file names.
+    pub lans: &'a [String],
+}
+
+pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
+    let (interface, decap, mode) = (req.interface, req.decap, req.xdp_mode);
     let nl = Netlink::open()?;
-    let prepared = prepare(&nl, interface, peers_path).await?;
+    let prepared = prepare(&nl, interface, req.peers, req.lans, decap).await?;
     ensure_bpffs()?;
     let mut address_added = false;
     match install(&nl, &prepared, decap, mode, &mut address_added).await {
@@ -205,7 +248,10 @@ async fn install(
 
     let mut tunnel = p.plan.tunnel;
     let decap = match decap {
-        DecapHook::Xdp => format!("xdp ({})", attach_xdp(&mut dp, p, mode)?),
+        DecapHook::Xdp => format!(
+            "xdp ({})",
+            attach_xdp_to(dp.xdp()?, &p.link, mode, &p.dir.link(LINK_XDP))?
+        ),
         DecapHook::Tc => {
             attach_tc(dp.tc_decap()?, p, TcAttachType::Ingress, LINK_TC_INGRESS)?;
             tunnel.flags |= TUNNEL_FLAG_DECAP_TC;
@@ -214,6 +260,24 @@ async fn install(
         }
     };
     attach_tc(dp.tc()?, p, TcAttachType::Egress, LINK_TC_EGRESS)?;
+    let mut lans = Vec::new();
+    if !p.lans.is_empty() {
+        let mut devs = vec![p.link.index];
+        devs.extend(p.lans.iter().map(|l| l.index));
+        dp.allow_forwarding_to(&devs)?;
+        dp.xdp_lan()?
+            .pin(p.dir.prog(PROG_XDP_LAN))
+            .context("pinning the LAN XDP program")?;
+        for lan in &p.lans {
+            let how = attach_xdp_to(
+                dp.xdp_lan()?,
+                lan,
+                mode,
+                &p.dir.link(&format!("{LINK_XDP_LAN_PREFIX}{}", lan.name)),
+            )?;
+            lans.push(format!("{} (xdp {how})", lan.name));
+        }
+    }
 
     let src = p.plan.address.map(|a| a.addr());
     if let Some(addr) = p.plan.address.filter(|_| !p.address_present) {
@@ -238,6 +302,7 @@ async fn install(
         interface: iface.clone(),
         pin_dir: p.dir.path.display().to_string(),
         decap,
+        lans,
         local: Ipv4Addr::from(p.plan.tunnel.local),
         address: p.plan.address.map(|a| a.to_string()),
         address_added: *address_added,
@@ -251,6 +316,8 @@ async fn install(
 pub const LINK_XDP: &str = "xdp";
 pub const LINK_TC_INGRESS: &str = "tc_ingress";
 pub const LINK_TC_EGRESS: &str = "tc_egress";
+/// One link per LAN interface: `xdp_lan_<interface>`.
+pub const LINK_XDP_LAN_PREFIX: &str = "xdp_lan_";
 
 fn attach_tc(
     prog: &mut aya::programs::SchedClassifier,
@@ -270,23 +337,30 @@ fn attach_tc(
     Ok(())
 }
 
-fn attach_xdp(dp: &mut Datapath, p: &Prepared, mode: XdpModeArg) -> Result<&'static str> {
-    let iface = &p.link.name;
+/// Attaches `prog` to `link` as a pinned bpf_link, native first when `mode` allows; returns
+/// the mode it got.
+fn attach_xdp_to(
+    prog: &mut aya::programs::Xdp,
+    link: &Link,
+    mode: XdpModeArg,
+    pin: &Path,
+) -> Result<&'static str> {
+    let iface = &link.name;
     let tries: &[(XdpMode, &'static str)] = match mode {
         XdpModeArg::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
         XdpModeArg::Native => &[(XdpMode::Driver, "native")],
         XdpModeArg::Generic => &[(XdpMode::Skb, "generic")],
     };
-    let xdp = dp.xdp()?;
     let mut last = None;
     for (m, label) in tries {
-        match xdp.attach_to_if_index(p.link.index, *m) {
+        match prog.attach_to_if_index(link.index, *m) {
             Ok(id) => {
-                let link: FdLink = xdp.take_link(id)?.try_into().map_err(|_| {
+                let fd_link: FdLink = prog.take_link(id)?.try_into().map_err(|_| {
                     anyhow!("XDP on {iface} attached through legacy netlink instead of a bpf_link; it could not be pinned and has been removed")
                 })?;
-                link.pin(p.dir.link(LINK_XDP))
-                    .context("pinning the XDP link")?;
+                fd_link
+                    .pin(pin)
+                    .with_context(|| format!("pinning the XDP link of {iface}"))?;
                 return Ok(label);
             }
             Err(e) => {
@@ -299,6 +373,10 @@ fn attach_xdp(dp: &mut Datapath, p: &Prepared, mode: XdpModeArg) -> Result<&'sta
     Err(anyhow::Error::new(e).context(format!(
         "attaching XDP to {iface} (is another XDP program attached? see `ip link show {iface}`)"
     )))
+}
+
+fn ip_forwarding() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1")
 }
 
 /// Removes routes tagged as ours on `ifindex`, the tunnel address if attach added it, and

@@ -38,7 +38,9 @@ pub struct Cli {
 pub enum Command {
     /// Attach the data path to an underlay interface, fill it from a peers file, install
     /// routes, pin everything, and exit.
-    #[command(after_help = "Example:\n  ipip-user attach eth0 --peers /etc/ipip/peers.toml")]
+    #[command(
+        after_help = "Examples:\n  ipip-user attach eth0 --peers /etc/ipip/peers.toml\n  ipip-user attach eth0 --peers peers.toml --lan eth1     # gateway with the XDP fast path"
+    )]
     Attach {
         /// Underlay interface (the one that reaches the peers).
         interface: String,
@@ -52,6 +54,11 @@ pub enum Command {
         /// XDP attach mode (with --decap xdp).
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: XdpModeArg,
+        /// A gateway's LAN interface that gets the XDP fast path (repeatable; the peers
+        /// file's [tunnel] lan adds more). Forwarded traffic is then encapsulated and
+        /// decapsulated in XDP with bpf_fib_lookup + XDP_REDIRECT.
+        #[arg(long, value_name = "IFACE")]
+        lan: Vec<String>,
         /// Print what was done as JSON.
         #[arg(long)]
         json: bool,

@@ -30,6 +30,8 @@ pub struct Tunnel {
     pub ttl: Ttl,
     pub tos: Tos,
     pub pmtudisc: bool,
+    /// LAN interfaces of a gateway that get the XDP fast path (`attach --lan` adds more).
+    pub lan: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +142,8 @@ struct RawTunnel {
     ttl: Option<Spanned<toml::Value>>,
     tos: Option<Spanned<toml::Value>>,
     pmtudisc: Option<Spanned<bool>>,
+    #[serde(default)]
+    lan: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +205,7 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
             ttl: Ttl::Inherit,
             tos: Tos::Fixed(0),
             pmtudisc: true,
+            lan: Vec::new(),
         },
         Some(t) => validate_tunnel(t)?,
     };
@@ -375,13 +380,41 @@ fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {
             "[tunnel] a fixed ttl and pmtudisc = false are incompatible (as in `ip tunnel`): use ttl = \"inherit\" or pmtudisc = true".into(),
         ));
     }
+    let mut lan: Vec<String> = Vec::new();
+    for l in &t.lan {
+        let name = l.get_ref().trim();
+        if let Err(why) = check_interface_name(name) {
+            return Err(at(l, format!("[tunnel] lan {name:?}: {why}")));
+        }
+        if lan.iter().any(|x| x == name) {
+            return Err(at(l, format!("[tunnel] lan {name:?} is listed twice")));
+        }
+        lan.push(name.to_string());
+    }
     Ok(Tunnel {
         local,
         address,
         ttl,
         tos,
         pmtudisc,
+        lan,
     })
+}
+
+/// Linux interface names: 1..15 bytes, no '/', whitespace or ':' (IFNAMSIZ, dev_valid_name).
+pub fn check_interface_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("an interface name has 1 to 15 characters");
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err("not a valid interface name");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -445,6 +478,12 @@ routes = ["10.0.2.0/24", "10.10.10.0/24"]
     }
 
     #[test]
+    fn lan_interfaces() {
+        let f = parse("[tunnel]\nlan = [\"eth1\", \"eth2\"]\n[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.0/8\"]\n").unwrap();
+        assert_eq!(f.tunnel.lan, vec!["eth1".to_string(), "eth2".to_string()]);
+    }
+
+    #[test]
     fn fixed_ttl_and_tos() {
         let f = parse("[tunnel]\nttl = 64\ntos = \"inherit\"\n[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.0/8\"]\n").unwrap();
         assert_eq!(f.tunnel.ttl, Ttl::Fixed(64));
@@ -503,6 +542,16 @@ routes = ["10.0.2.0/24", "10.10.10.0/24"]
             (
                 "[tunnel]\nbogus = 1\n".to_string() + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
                 "unknown field",
+            ),
+            (
+                "[tunnel]\nlan = [\"eth1\", \"eth1\"]\n".to_string()
+                    + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "listed twice",
+            ),
+            (
+                "[tunnel]\nlan = [\"a-very-long-interface\"]\n".to_string()
+                    + &peer("a", "192.0.2.1", "\"10.0.0.0/8\""),
+                "1 to 15",
             ),
             (
                 peer("a", "192.0.2.1", "\"10.0.0.0/8\"")

@@ -1,13 +1,13 @@
 //! The eBPF object: loading it, and writing a [`Plan`] into its maps.
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, MapData},
     programs::{SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use ipip_common::{
-    PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_PEERS, MAP_PEER_BY_REMOTE, MAP_PEER_NAMES,
-    MAP_ROUTES, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP,
+    PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_FWD_DEVS, MAP_PEERS, MAP_PEER_BY_REMOTE,
+    MAP_PEER_NAMES, MAP_ROUTES, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP, PROG_XDP_LAN,
 };
 
 use crate::plan::{peer_name, Plan};
@@ -29,6 +29,11 @@ pub enum DatapathError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("map {name}: {source}")]
+    DevMap {
+        name: &'static str,
+        source: aya::maps::xdp::XdpMapError,
+    },
     #[error("the eBPF object has no {what} named {name} (object and loader out of step)")]
     Missing {
         what: &'static str,
@@ -44,12 +49,10 @@ impl Datapath {
     /// Loads the object and both programs into the kernel (maps created, nothing attached).
     pub fn load() -> Result<Self, DatapathError> {
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
-        {
-            let xdp: &mut Xdp = prog_mut(&mut ebpf, PROG_XDP_DECAP)?;
-            xdp.load().map_err(|source| DatapathError::Program {
-                name: PROG_XDP_DECAP,
-                source,
-            })?;
+        for name in [PROG_XDP_DECAP, PROG_XDP_LAN] {
+            let xdp: &mut Xdp = prog_mut(&mut ebpf, name)?;
+            xdp.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         for name in [PROG_TC_EGRESS, PROG_TC_INGRESS] {
             let tc: &mut SchedClassifier = prog_mut(&mut ebpf, name)?;
@@ -61,6 +64,24 @@ impl Datapath {
 
     pub fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
         prog_mut(&mut self.ebpf, PROG_XDP_DECAP)
+    }
+
+    /// The gateway fast path's encapsulator, for LAN interfaces.
+    pub fn xdp_lan(&mut self) -> Result<&mut Xdp, DatapathError> {
+        prog_mut(&mut self.ebpf, PROG_XDP_LAN)
+    }
+
+    /// Lets the XDP fast path redirect to these interfaces (the underlay and the LANs).
+    pub fn allow_forwarding_to(&mut self, ifindexes: &[u32]) -> Result<(), DatapathError> {
+        let mut devs: DevMapHash<&mut MapData> = map_mut(&mut self.ebpf, MAP_FWD_DEVS)?;
+        for i in ifindexes {
+            devs.insert(*i, *i, None, 0)
+                .map_err(|source| DatapathError::DevMap {
+                    name: MAP_FWD_DEVS,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// The TC egress encapsulator.

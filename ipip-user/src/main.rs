@@ -121,12 +121,20 @@ async fn dispatch(cmd: Command) -> Result<()> {
             peers,
             decap,
             xdp_mode,
+            lan,
             json,
         } => {
             // The file is checked first: a bad file is reported the same way for everyone.
             PeersFile::load(&peers)?;
             require_admin("attach")?;
-            let a = attach::attach(&interface, &peers, decap, xdp_mode).await?;
+            let a = attach::attach(&attach::AttachRequest {
+                interface: &interface,
+                peers: &peers,
+                decap,
+                xdp_mode,
+                lans: &lan,
+            })
+            .await?;
             if json {
                 return print_json(&a);
             }
@@ -143,6 +151,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
                         "already present"
                     }
                 );
+            }
+            for l in &a.lans {
+                println!("fast path on LAN interface {l}");
             }
             for r in &a.routes {
                 println!("route {r}");

@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use ipip_common::{
-    PeerConfig, PeerCounters, PeerName, Reason, MAP_PEERS, MAP_PEER_NAMES, MAP_PEER_STATS,
-    MAP_REASONS,
+    Path, PeerConfig, PeerCounters, PeerName, Reason, MAP_PATHS, MAP_PEERS, MAP_PEER_NAMES,
+    MAP_PEER_STATS, MAP_REASONS,
 };
 
 use crate::{attach::read_tunnel, pins::PinDir, plan::peer_name_str};
@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub peers: Vec<PeerStats>,
     /// Every reason by name, zero or not, so scripts can rely on the keys.
     pub reasons: BTreeMap<&'static str, u64>,
+    /// Packets per path (fast path vs kernel, each direction), every key always present.
+    pub paths: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -49,6 +51,8 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
         PerCpuArray::try_from(Map::PerCpuArray(open(dir, MAP_PEER_STATS)?))?;
     let reasons_map: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(open(dir, MAP_REASONS)?))?;
+    let paths_map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(dir, MAP_PATHS)?))?;
 
     let mut out_peers = Vec::new();
     for i in 0..tunnel.peer_count {
@@ -77,6 +81,11 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
         let n: u64 = reasons_map.get(&(r as u32), 0)?.iter().sum();
         reasons.insert(r.name(), n);
     }
+    let mut paths = BTreeMap::new();
+    for p in Path::ALL {
+        let n: u64 = paths_map.get(&(p as u32), 0)?.iter().sum();
+        paths.insert(p.name(), n);
+    }
     Ok(Snapshot {
         interface: dir.interface.clone(),
         netns: dir.netns,
@@ -90,6 +99,7 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
         }),
         peers: out_peers,
         reasons,
+        paths,
     })
 }
 
@@ -149,6 +159,15 @@ pub fn render(s: &Snapshot, rates: Option<(&Sample, &Sample)>) -> String {
             );
         }
     }
+    let path = |p: Path| s.paths.get(p.name()).copied().unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "  encap: {} fast path, {} kernel    decap: {} fast path, {} to the kernel",
+        path(Path::EncapFast),
+        path(Path::EncapKernel),
+        path(Path::DecapFast),
+        path(Path::DecapKernel)
+    );
     let _ = writeln!(o, "  drops and hand-offs to the kernel:");
     for r in Reason::ALL {
         let n = s.reasons.get(r.name()).copied().unwrap_or(0);

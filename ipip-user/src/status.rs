@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use crate::{
-    attach::{is_stale, read_tunnel, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP},
+    attach::{
+        is_stale, read_tunnel, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP, LINK_XDP_LAN_PREFIX,
+    },
     netif::Netlink,
     pins::PinDir,
 };
@@ -24,6 +26,8 @@ pub struct Status {
     pub routes_installed: usize,
     /// `xdp` or `tc`: where decapsulation runs.
     pub decap: &'static str,
+    /// LAN interfaces with the XDP fast path.
+    pub lans: Vec<String>,
 }
 
 pub async fn collect() -> Result<Vec<Status>> {
@@ -100,9 +104,26 @@ pub async fn collect() -> Result<Vec<Status>> {
             peers,
             routes_installed: routes,
             decap,
+            lans: lan_links(&dir),
         });
     }
     Ok(out)
+}
+
+fn lan_links(dir: &PinDir) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir.path.join("links"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(LINK_XDP_LAN_PREFIX))
+                .map(str::to_string)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 pub fn render(all: &[Status]) -> String {
@@ -113,10 +134,11 @@ pub fn render(all: &[Status]) -> String {
     for s in all {
         let _ = writeln!(
             o,
-            "{}: {}  decap {}  local {}  tunnel address {}  peers {}  routes {}  pins {}",
+            "{}: {}  decap {}  fast path {}  local {}  tunnel address {}  peers {}  routes {}  pins {}",
             s.interface,
             s.state,
             s.decap,
+            if s.lans.is_empty() { "off".to_string() } else { format!("on ({})", s.lans.join(", ")) },
             s.local,
             s.address.as_deref().unwrap_or("none"),
             s.peers,

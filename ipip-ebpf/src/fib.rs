@@ -1,0 +1,77 @@
+//! The kernel's FIB, asked from XDP: where a packet would go, with the MACs to put on it.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+    EbpfContext as _,
+};
+use ipip_common::Reason;
+
+use crate::maps::FWD_DEVS;
+
+const AF_INET: u8 = 2;
+
+pub enum Fib {
+    /// Forward out of `ifindex` (a fast-path interface) with these MACs.
+    Forward {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
+    /// Addressed to this host (or broadcast/multicast): the kernel's business.
+    Local,
+    /// The fast path can't finish it: hand it to the kernel and count why.
+    Kernel(Reason),
+}
+
+/// Looks up `src → dst` as if the packet (`tot_len` bytes, `tos`) arrived on `ifindex`.
+#[inline(always)]
+pub fn lookup(
+    ctx: &XdpContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    tos: u8,
+    tot_len: u16,
+    ifindex: u32,
+) -> Fib {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.ifindex = ifindex;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.__bindgen_anon_2.tos = tos;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: `p` lives on our stack for the duration of the call; its size is passed along.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Fib::Kernel(Reason::PassFibNoRoute);
+    }
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if FWD_DEVS.get(p.ifindex).is_none() {
+                return Fib::Kernel(Reason::PassEgressNotFast);
+            }
+            Fib::Forward {
+                ifindex: p.ifindex,
+                smac: p.smac,
+                dmac: p.dmac,
+            }
+        }
+        BPF_FIB_LKUP_RET_NOT_FWDED => Fib::Local,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Fib::Kernel(Reason::PassNoNeighbour),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::Kernel(Reason::PassNeedsFrag),
+        _ => Fib::Kernel(Reason::PassFibNoRoute),
+    }
+}

@@ -1,0 +1,110 @@
+//! XDP on a LAN interface of a gateway: the encapsulating half of the fast path. A forwarded
+//! IPv4 packet whose destination lies in a peer's routes is turned into IPIP right here and
+//! redirected out of the underlay with the MACs the FIB gives, never touching the stack.
+//! Whatever can't be finished here goes to the kernel unchanged and counted; the kernel path
+//! (routes + TC egress) then does the same job.
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, maps::lpm_trie::Key,
+    programs::XdpContext,
+};
+use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
+use ipip_ebpf::{
+    error::Error,
+    forward::decrement_ttl,
+    outer::{self, Inner},
+};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    fib::{self, Fib},
+    maps::{FWD_DEVS, PEERS, ROUTES},
+    packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
+    stats, verdict,
+};
+
+#[xdp]
+pub fn ipip_xdp_lan(ctx: XdpContext) -> u32 {
+    verdict::xdp(&ctx, "xdp-lan", try_encap(&ctx))
+}
+
+#[inline(always)]
+fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
+    let eth: &EthRaw = ref_mut_at(ctx, 0).ok_or(Error::NotOurs)?;
+    // Only unicast frames addressed to us are forwarded; the rest is not ours to route.
+    if eth.proto != ETH_P_IP || eth.dst[0] & 1 != 0 {
+        return Err(Error::NotOurs);
+    }
+    let ip: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN).ok_or(Error::NotOurs)?;
+    let peer_idx = *ROUTES
+        .get(Key::new(32, ip.dst_addr))
+        .ok_or(Error::NotOurs)?;
+    let peer = PEERS.get(peer_idx).ok_or(Error::Drop(Reason::DropNoPeer))?;
+    if peer.in_use == 0 {
+        return Err(Error::Drop(Reason::DropNoPeer));
+    }
+    if ip.vihl != 0x45 {
+        return Err(Error::Pass(Reason::PassIpOptions));
+    }
+    if ip.ttl <= 1 {
+        return Err(Error::Pass(Reason::PassTtlExpired));
+    }
+    let inner_len = u16::from_be_bytes(ip.tot_len);
+    if ETH_LEN + inner_len as usize > ctx.data_end() - ctx.data() || (inner_len as usize) < 20 {
+        // Truncated: the kernel's IP layer judges it.
+        return Err(Error::NotOurs);
+    }
+    if inner_len > peer.mtu {
+        return Err(Error::Pass(Reason::PassNeedsFrag));
+    }
+    let (smac, dmac, ifindex) = match fib::lookup(
+        ctx,
+        peer.local,
+        peer.remote,
+        0,
+        inner_len + OUTER_HEADER_LEN as u16,
+        ctx.ingress_ifindex() as u32,
+    ) {
+        Fib::Forward {
+            ifindex,
+            smac,
+            dmac,
+        } => (smac, dmac, ifindex),
+        Fib::Local => return Err(Error::Pass(Reason::PassFibNoRoute)),
+        Fib::Kernel(r) => return Err(Error::Pass(r)),
+    };
+
+    let (ttl, check) = decrement_ttl(ip.ttl, ip.proto, u16::from_be_bytes(ip.check));
+    ip.ttl = ttl;
+    ip.check = check.to_be_bytes();
+    let inner = Inner {
+        tos: ip.tos,
+        ttl,
+        frag_off: u16::from_be_bytes(ip.frags),
+        tot_len: inner_len,
+    };
+    // RFC 6864: any ID is fine for atomic datagrams; a random one also serves non-DF ones.
+    // SAFETY: helper without arguments.
+    let id = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } as u16;
+    let header = outer::build(peer, inner, id);
+
+    // SAFETY: plain helper call on our own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER_HEADER_LEN as i32)) } != 0 {
+        return Err(Error::Drop(Reason::DropHelperFailed));
+    }
+    // Every earlier packet pointer is stale: re-derive.
+    let new_eth: &mut EthRaw = ref_mut_at(ctx, 0).ok_or(Error::Drop(Reason::DropHelperFailed))?;
+    *new_eth = EthRaw {
+        dst: dmac,
+        src: smac,
+        proto: ETH_P_IP,
+    };
+    let outer_hdr: &mut [u8; OUTER_HEADER_LEN] =
+        ref_mut_at(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropHelperFailed))?;
+    *outer_hdr = header;
+    stats::count_tx(peer_idx, 1, inner_len as u64);
+    stats::count_path(Path::EncapFast);
+    Ok(FWD_DEVS
+        .redirect(ifindex, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED))
+}
