@@ -66,6 +66,27 @@ fn locate() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Which data path does the forwarding on a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// `attach UNDERLAY --peers F`: the kernel forwards, TC egress encapsulates, XDP
+    /// decapsulates and passes up.
+    Kernel,
+    /// `attach UNDERLAY --peers F --lan LAN` on gateways: XDP on the LAN encapsulates
+    /// forwarded traffic and redirects it; decapsulated transit traffic is redirected straight
+    /// to the LAN. Hosts without a LAN attach as for [`DataPath::Kernel`].
+    Fast,
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DataPath::Kernel => "kernel path",
+            DataPath::Fast => "fast path",
+        })
+    }
+}
+
 /// Runs `ipip-user` inside namespaces.
 #[derive(Debug, Clone)]
 pub struct IpipUser {
@@ -140,6 +161,102 @@ impl IpipUser {
         entry["reasons"][reason]
             .as_u64()
             .with_context(|| format!("no numeric reason {reason:?} in stats of {iface}: {v}"))
+    }
+}
+
+impl IpipUser {
+    /// A reason counter summed over every interface attached in `ns` (the fast path may
+    /// count on the LAN interface as well as on the underlay).
+    pub fn reason_total(&self, ns: &Netns, reason: &str) -> Result<u64> {
+        let v = self.stats(ns)?;
+        let entries = v
+            .as_array()
+            .with_context(|| format!("stats --json is not an array: {v}"))?;
+        anyhow::ensure!(!entries.is_empty(), "stats --json lists no interface");
+        let mut total = 0;
+        for e in entries {
+            total += e["reasons"][reason].as_u64().with_context(|| {
+                format!(
+                    "no numeric reason {reason:?} in stats of {}: {e}",
+                    e["interface"]
+                )
+            })?;
+        }
+        Ok(total)
+    }
+
+    /// The `paths` counters (who did the work: the XDP fast path or the kernel), summed over
+    /// every interface attached in `ns`. `iface` (the underlay) must carry them.
+    pub fn paths(&self, ns: &Netns, iface: &str) -> Result<Paths> {
+        let v = self.stats(ns)?;
+        let entry = interface_entry(&v, iface)?;
+        anyhow::ensure!(
+            entry["paths"].is_object(),
+            "stats --json of {iface} has no \"paths\" object (encap_fast, encap_kernel, \
+             decap_fast, decap_kernel): {entry}"
+        );
+        let mut total = Paths::default();
+        for e in v.as_array().into_iter().flatten() {
+            let p = &e["paths"];
+            if !p.is_object() {
+                continue;
+            }
+            let get = |k: &str| {
+                p[k].as_u64().with_context(|| {
+                    format!("\"paths\" of {} has no numeric {k:?}: {p}", e["interface"])
+                })
+            };
+            total.encap_fast += get("encap_fast")?;
+            total.encap_kernel += get("encap_kernel")?;
+            total.decap_fast += get("decap_fast")?;
+            total.decap_kernel += get("decap_kernel")?;
+        }
+        Ok(total)
+    }
+}
+
+/// Which path encapsulated and decapsulated how many packets (`stats --json`, `paths`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Paths {
+    pub encap_fast: u64,
+    pub encap_kernel: u64,
+    pub decap_fast: u64,
+    pub decap_kernel: u64,
+}
+
+impl Paths {
+    /// `self - before`, field by field (counters only grow).
+    pub fn since(&self, before: &Paths) -> Paths {
+        Paths {
+            encap_fast: self.encap_fast.saturating_sub(before.encap_fast),
+            encap_kernel: self.encap_kernel.saturating_sub(before.encap_kernel),
+            decap_fast: self.decap_fast.saturating_sub(before.decap_fast),
+            decap_kernel: self.decap_kernel.saturating_sub(before.decap_kernel),
+        }
+    }
+
+    /// Checks, on the growth of the counters over a bulk exchange in both directions, that
+    /// the expected path did the work: with [`DataPath::Fast`] the XDP fast path encapsulated
+    /// and decapsulated at least `min` packets each; with [`DataPath::Kernel`] the fast-path
+    /// counters stayed 0 and the kernel's grew.
+    pub fn check(&self, who: &str, path: DataPath, min: u64) -> Result<()> {
+        match path {
+            DataPath::Fast => anyhow::ensure!(
+                self.encap_fast >= min && self.decap_fast >= min,
+                "{who}: the fast path should have done the work (encap_fast and decap_fast \
+                 each ≥ {min}), but the counters grew by {self:?}"
+            ),
+            DataPath::Kernel => anyhow::ensure!(
+                self.encap_fast == 0
+                    && self.decap_fast == 0
+                    && self.encap_kernel > 0
+                    && self.decap_kernel > 0,
+                "{who}: without --lan the kernel path should have done all the work \
+                 (encap_fast = decap_fast = 0, encap_kernel and decap_kernel > 0), but the \
+                 counters grew by {self:?}"
+            ),
+        }
+        Ok(())
     }
 }
 

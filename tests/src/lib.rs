@@ -9,9 +9,9 @@ pub mod query;
 pub mod topology;
 pub mod traffic;
 
-pub use ipip::IpipUser;
+pub use ipip::{DataPath, IpipUser};
 pub use netns::Netns;
-pub use topology::{HostToHost, Node, Underlay};
+pub use topology::{Cluster, Gateways, HostToHost, Node, Underlay};
 
 /// Fails with a clear message unless the process runs as root (network namespaces, XDP and
 /// bpffs need it).

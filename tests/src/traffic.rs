@@ -1,7 +1,8 @@
-//! Traffic through the tunnel: ping and a verified TCP transfer.
+//! Traffic through the tunnel: ping, a verified TCP transfer, the source a server sees, UDP
+//! that must (not) arrive.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,153 @@ pub fn ping_ok(ns: &Netns, src: Ipv4Addr, dst: Ipv4Addr, count: u32) -> Result<b
     let out = ping(ns, src, dst, count)?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(out.status.success() && text.contains(&format!("{count} received")))
+}
+
+/// `ping -c COUNT -W 1 -i 0.2 [-t TTL] DST` inside `ns`, the source left to the routing
+/// table (a gateway's LAN hosts have one address; the tunnel hosts' routes carry `src`).
+pub fn ping_ttl(ns: &Netns, dst: Ipv4Addr, count: u32, ttl: Option<u8>) -> Result<Output> {
+    let (count, dst) = (count.to_string(), dst.to_string());
+    let ttl = ttl.map(|t| t.to_string());
+    let mut args = vec!["ping", "-n", "-c", &count, "-W", "1", "-i", "0.2"];
+    if let Some(t) = &ttl {
+        args.extend(["-t", t.as_str()]);
+    }
+    args.push(&dst);
+    ns.output(&args)
+}
+
+/// Fails with ping's output unless every one of COUNT echo requests from `ns` to `dst` got
+/// its reply. `what` names the hop for the message ("doolittle → jill").
+pub fn must_ping(ns: &Netns, dst: Ipv4Addr, count: u32, what: &str) -> Result<()> {
+    let out = ping_ttl(ns, dst, count, None)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && text.contains(&format!("{count} received")),
+        "ping {what} ({dst}) failed: {}",
+        crate::ipip::describe(&out)
+    );
+    Ok(())
+}
+
+/// The router that answered with "Time to live exceeded", out of ping's output
+/// (`From 192.168.1.1 icmp_seq=1 Time to live exceeded`).
+pub fn time_exceeded_from(out: &Output) -> Option<Ipv4Addr> {
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        if !l.contains("Time to live exceeded") {
+            return None;
+        }
+        let rest = l.trim().strip_prefix("From ")?;
+        let addr = rest.split([' ', ':']).next()?;
+        addr.parse().ok()
+    })
+}
+
+/// Connects from `client` to a server in `server` listening on `dst:port` and returns the
+/// source address the server saw on the accepted connection (what a NAT or tunnel left of
+/// the client's address). Bounded by timeouts.
+pub fn tcp_source_seen(
+    client: &Netns,
+    server: &Netns,
+    dst: Ipv4Addr,
+    port: u16,
+) -> Result<SocketAddr> {
+    let addr = SocketAddrV4::new(dst, port);
+    let listener = server.run(|| {
+        TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} in {}", server.name()))
+    })?;
+    let acceptor = std::thread::spawn(move || -> Result<SocketAddr> {
+        let (mut s, peer) = accept_within(&listener, IO_TIMEOUT)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut hello = [0u8; 5];
+        s.read_exact(&mut hello)
+            .context("reading the client's hello")?;
+        anyhow::ensure!(&hello == b"hello", "the client said {hello:?}");
+        Ok(peer)
+    });
+    let sent = client.run(|| {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        s.write_all(b"hello")?;
+        Ok(())
+    });
+    let seen = acceptor
+        .join()
+        .map_err(|_| anyhow::anyhow!("TCP acceptor thread panicked"))?;
+    sent.context("TCP client")?;
+    seen.context("TCP server")
+}
+
+fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<(TcpStream, SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((s, peer)) => {
+                s.set_nonblocking(false)?;
+                return Ok((s, peer));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "no connection within {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e).context("accept failed"),
+        }
+    }
+}
+
+/// A UDP socket bound inside a namespace, to see what arrives (or that nothing does).
+#[derive(Debug)]
+pub struct UdpSink {
+    sock: UdpSocket,
+    addr: SocketAddrV4,
+}
+
+impl UdpSink {
+    pub fn bind(ns: &Netns, addr: SocketAddrV4) -> Result<Self> {
+        let sock = ns.run(|| {
+            UdpSocket::bind(addr).with_context(|| format!("cannot bind {addr} in {}", ns.name()))
+        })?;
+        Ok(UdpSink { sock, addr })
+    }
+
+    /// The first datagram to arrive within `wait`, with its source; None if none did.
+    pub fn receive_within(&self, wait: Duration) -> Result<Option<(Vec<u8>, SocketAddr)>> {
+        self.sock.set_read_timeout(Some(wait))?;
+        let mut buf = vec![0u8; 65536];
+        match self.sock.recv_from(&mut buf) {
+            Ok((n, from)) => Ok(Some((buf[..n].to_vec(), from))),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("recv on {}", self.addr)),
+        }
+    }
+}
+
+/// Sends one UDP datagram from a socket opened inside `ns` (source chosen by routing).
+pub fn udp_send(ns: &Netns, dst: SocketAddrV4, payload: &[u8]) -> Result<()> {
+    ns.run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.send_to(payload, dst)
+            .with_context(|| format!("send to {dst} from {}", ns.name()))?;
+        Ok(())
+    })
+}
+
+/// Retries `cond` every 100 ms for up to `timeout`, returning its last error if it never
+/// holds.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match cond() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so the receiver can check every byte.
@@ -137,22 +285,8 @@ fn send(addr: SocketAddrV4, seed: u64, len: usize) -> Result<()> {
 }
 
 fn receive(listener: TcpListener, seed: u64, len: usize) -> Result<usize> {
-    listener.set_nonblocking(true)?;
     let deadline = Instant::now() + TOTAL_TIMEOUT;
-    let mut s = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "no connection within {TOTAL_TIMEOUT:?}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e).context("accept failed"),
-        }
-    };
-    s.set_nonblocking(false)?;
+    let (mut s, _) = accept_within(&listener, TOTAL_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut pattern = Pattern::new(seed);
     let mut buf = vec![0u8; 64 * 1024];

@@ -7,9 +7,18 @@ use anyhow::{Context, Result};
 
 use crate::cmd;
 
-/// Packages the tests and the demo use (ping; ip/tc; iperf3, tcpdump and ncat for poking at
-/// a `--keep` demo by hand).
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "iperf3", "tcpdump", "ncat"];
+/// Packages the tests and the demo use (ping; ip/tc; nft for rfe's NAT in seed §6; ethtool
+/// to switch GRO on for veths that XDP redirects into; iperf3, tcpdump and ncat for poking
+/// at a `--keep` demo by hand).
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "iperf3",
+    "tcpdump",
+    "ncat",
+    "nftables",
+    "ethtool",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup() -> Result<()> {

@@ -1,42 +1,13 @@
-//! `cargo xtask run`: the seed's §4 example (doolittle ↔ calculon) in network namespaces.
+//! `cargo xtask run --scenario host` (the default): seed §4, doolittle ↔ calculon.
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
 use ipip_tests::traffic::{ping, tcp_transfer};
 use ipip_tests::{HostToHost, IpipUser, Node, Underlay};
 
-use crate::{cmd, setup};
+use super::indent;
+use crate::cmd;
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Scenario {
-    /// Seed §4: host to host, doolittle ↔ calculon.
-    Host,
-}
-
-#[derive(Args)]
-pub struct RunArgs {
-    /// Which of the seed's examples to bring up.
-    #[arg(long, value_enum, default_value = "host")]
-    scenario: Scenario,
-    /// Leave the namespaces up with the tunnel attached, and print how to step in.
-    #[arg(long)]
-    keep: bool,
-}
-
-pub fn run(args: &RunArgs) -> Result<()> {
-    anyhow::ensure!(
-        cmd::is_root(),
-        "`cargo xtask run` must run as root: it creates network namespaces and attaches XDP/TC programs"
-    );
-    setup::setup()?;
-    println!("==> building the workspace");
-    cmd::cargo(&["build", "--workspace"])?;
-    match args.scenario {
-        Scenario::Host => host_to_host(args.keep),
-    }
-}
-
-fn host_to_host(keep: bool) -> Result<()> {
+pub fn run(keep: bool) -> Result<()> {
     println!("==> creating namespaces doolittle and calculon (seed §4)");
     let t = HostToHost::new(Underlay::Direct)?;
     let ipip = IpipUser::new()?;
@@ -201,8 +172,4 @@ fn keep_up(t: HostToHost, ipip: &IpipUser) {
     }
     println!("      rm -r {}", t.dir().display());
     std::mem::forget(t);
-}
-
-fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}\n")).collect()
 }

@@ -1,16 +1,14 @@
-//! The seed's topologies rebuilt in network namespaces.
+//! Seed §4, host to host: doolittle ↔ calculon, on one veth pair or a bridge with a spoofer.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::cmd;
+use super::build::{veth, TempDir};
 use crate::netns::Netns;
 
-/// The underlay interface's name in every host namespace (the same name everywhere on
-/// purpose: pin paths must not collide).
-pub const IFACE: &str = "eth0";
+use super::IFACE;
 
 /// One host of a topology.
 #[derive(Debug)]
@@ -103,28 +101,6 @@ impl HostToHost {
     }
 }
 
-/// Creates a veth pair with one end in each namespace, both up.
-pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-    cmd::run(&[
-        "ip",
-        "link",
-        "add",
-        a_name,
-        "netns",
-        a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_name,
-        "netns",
-        b.name(),
-    ])?;
-    a.exec(&["ip", "link", "set", a_name, "up"])?;
-    b.exec(&["ip", "link", "set", b_name, "up"])?;
-    Ok(())
-}
-
 fn node(
     ns: Netns,
     name: &'static str,
@@ -173,27 +149,4 @@ pub fn peers_toml(me: &Node, peer: &Node) -> String {
 fn write_peers(me: &Node, peer: &Node) -> Result<()> {
     std::fs::write(&me.peers, peers_toml(me, peer))
         .with_context(|| format!("cannot write {}", me.peers.display()))
-}
-
-/// A fresh folder under the system temp dir, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Result<Self> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -1,0 +1,17 @@
+//! The seed's topologies rebuilt in network namespaces: §4 host to host ([`host`]), §5
+//! desktop to cluster ([`cluster`]), §6 gateway to gateway ([`gateways`]), and the building
+//! blocks they share ([`build`]).
+
+pub mod build;
+pub mod cluster;
+pub mod gateways;
+pub mod host;
+
+pub use build::{veth, LanHost, Peer, PeersFile, TempDir, TunnelHost};
+pub use cluster::Cluster;
+pub use gateways::Gateways;
+pub use host::{peers_toml, HostToHost, Node, Underlay};
+
+/// The underlay interface's name in every §4 host namespace (the same name everywhere on
+/// purpose: pin paths must not collide).
+pub const IFACE: &str = "eth0";
