@@ -100,6 +100,22 @@ async fn prepare(
     if !lans.is_empty() && decap == DecapHook::Tc {
         bail!("the XDP fast path (--lan) decapsulates with XDP: drop --decap tc, or drop the LAN interfaces");
     }
+    let veths: Vec<String> = if lans.is_empty() {
+        Vec::new()
+    } else {
+        lans.iter()
+            .chain([&link])
+            .filter(|l| l.veth)
+            .map(|l| l.name.clone())
+            .collect()
+    };
+    if !veths.is_empty() {
+        // Both are silent losses otherwise: nothing on this host can count them.
+        log::warn!(
+            "fast path over veth ({}): the far ends must send full checksums (`ethtool -K <peer> tx off`) and receive with GRO on (`ethtool -K <peer> gro on`) or an XDP program, or redirected frames are lost",
+            veths.join(", ")
+        );
+    }
     if !lans.is_empty() && !ip_forwarding() {
         log::warn!("net.ipv4.ip_forward is 0: this host forwards nothing, fast path or not (sysctl -w net.ipv4.ip_forward=1)");
     }

@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage},
-    link::{LinkAttribute, LinkFlags},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
@@ -34,6 +34,8 @@ pub struct Link {
     pub index: u32,
     pub mtu: u32,
     pub up: bool,
+    /// A veth: XDP redirects into it have conditions a NIC doesn't (see attach).
+    pub veth: bool,
 }
 
 /// Where the kernel sends packets for one destination (`ip route get`).
@@ -239,11 +241,17 @@ fn link_from(msg: netlink_packet_route::link::LinkMessage) -> Link {
         index: msg.header.index,
         mtu: 1500,
         up: msg.header.flags.contains(LinkFlags::Up),
+        veth: false,
     };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::LinkInfo(infos) => {
+                link.veth = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
             _ => {}
         }
     }
