@@ -70,6 +70,13 @@ fn forward_fast(ctx: &XdpContext, peer: u32, inner_len: usize) -> Result<Option<
         ctx.ingress_ifindex() as u32,
     );
     let (smac, dmac, ifindex) = match fib {
+        // Back out of the underlay (transit between two peers): that needs encapsulating
+        // again, which only the kernel path (routes + TC egress) does. A redirect would put
+        // the bare inner packet on the underlay.
+        Fib::Forward { ifindex, .. } if ifindex == ctx.ingress_ifindex() as u32 => {
+            stats::count_reason(Reason::PassEgressNotFast);
+            return Ok(None);
+        }
         Fib::Local => return Ok(None),
         Fib::Kernel(r) => {
             stats::count_reason(r);
