@@ -2,12 +2,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, DevMapHash, HashMap, PerCpuArray,
+    },
 };
 use ipip_common::{
-    PeerConfig, PeerCounters, PeerName, RouteKey, TunnelConfig, MAX_FWD_DEVS, MAX_PEERS,
+    PeerConfig, PeerCounters, PeerName, Reason, RouteKey, TunnelConfig, MAX_FWD_DEVS, MAX_PEERS,
     MAX_ROUTES, PATH_COUNT, REASON_COUNT,
 };
+use ipip_ebpf::error::Error;
 
 /// Inner prefix → peer index: what to encapsulate, and which inner sources a peer may use.
 #[map(name = "routes")]
@@ -39,3 +43,13 @@ pub static PATHS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PATH_COUNT, 0
 /// Where the fast path may redirect: the underlay and the LAN interfaces, by ifindex.
 #[map(name = "fwd_devs")]
 pub static FWD_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_FWD_DEVS, 0);
+
+/// The peer that `dst` is routed to, or `NotOurs` when no route covers it.
+#[inline(always)]
+pub fn route_to(dst: [u8; 4]) -> Result<(u32, &'static PeerConfig), Error> {
+    let idx = *ROUTES.get(Key::new(32, dst)).ok_or(Error::NotOurs)?;
+    match PEERS.get(idx) {
+        Some(peer) if peer.in_use != 0 => Ok((idx, peer)),
+        _ => Err(Error::Drop(Reason::DropNoPeer)),
+    }
+}

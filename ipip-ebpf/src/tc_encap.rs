@@ -9,7 +9,6 @@ use aya_ebpf::{
     },
     helpers::bpf_get_prandom_u32,
     macros::classifier,
-    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
@@ -20,7 +19,7 @@ use ipip_ebpf::{
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    maps::{PEERS, ROUTES},
+    maps::route_to,
     packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
@@ -49,13 +48,7 @@ fn try_encap(ctx: &TcContext) -> Result<(), Error> {
             ref_mut_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropHelperFailed))?
         }
     };
-    let peer_idx = *ROUTES
-        .get(Key::new(32, ip.dst_addr))
-        .ok_or(Error::NotOurs)?;
-    let peer = PEERS.get(peer_idx).ok_or(Error::Drop(Reason::DropNoPeer))?;
-    if peer.in_use == 0 {
-        return Err(Error::Drop(Reason::DropNoPeer));
-    }
+    let (peer_idx, peer) = route_to(ip.dst_addr)?;
     // SAFETY: reading plain integer fields of our own __sk_buff.
     let (gso_segs, gso_size) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
     // Like Linux (ip_local_out sets tot_len from skb->len), the outer length follows the

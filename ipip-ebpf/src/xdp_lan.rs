@@ -5,8 +5,7 @@
 //! (routes + TC egress) then does the same job.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, maps::lpm_trie::Key,
-    programs::XdpContext,
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext,
 };
 use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
 use ipip_ebpf::{
@@ -18,7 +17,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     fib::{self, Fib},
-    maps::{FWD_DEVS, PEERS, ROUTES},
+    maps::{route_to, FWD_DEVS},
     packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
@@ -36,13 +35,7 @@ fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
         return Err(Error::NotOurs);
     }
     let ip: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN).ok_or(Error::NotOurs)?;
-    let peer_idx = *ROUTES
-        .get(Key::new(32, ip.dst_addr))
-        .ok_or(Error::NotOurs)?;
-    let peer = PEERS.get(peer_idx).ok_or(Error::Drop(Reason::DropNoPeer))?;
-    if peer.in_use == 0 {
-        return Err(Error::Drop(Reason::DropNoPeer));
-    }
+    let (peer_idx, peer) = route_to(ip.dst_addr)?;
     if ip.vihl != 0x45 {
         return Err(Error::Pass(Reason::PassIpOptions));
     }
