@@ -14,7 +14,10 @@ use etherparse::{
     ArpEthIpv4Packet, ArpOperation, EtherType, Ethernet2Header, IpDscp, IpEcn, IpFragOffset,
     IpHeaders, IpNumber, Ipv4Header, PacketBuilder,
 };
-use ipip_common::{PeerCounters, Reason, MAP_PEER_STATS, MAP_REASONS, REASON_COUNT};
+use ipip_common::{
+    Path as DataPath, PeerCounters, Reason, MAP_PATHS, MAP_PEER_STATS, MAP_REASONS, PATH_COUNT,
+    REASON_COUNT,
+};
 use ipip_user::{
     config::PeersFile,
     datapath::Datapath,
@@ -23,6 +26,7 @@ use ipip_user::{
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 
@@ -43,9 +47,15 @@ pub fn require_root() {
 
 /// Loads the object and fills its maps from `toml` on a 1500-byte underlay with address `local`.
 pub fn datapath(toml: &str, local: [u8; 4]) -> Datapath {
+    datapath_with(toml, local, |_| {})
+}
+
+/// Like [`datapath`], with `adjust` applied to the plan before the maps are filled (e.g. to set
+/// tunnel flags).
+pub fn datapath_with(toml: &str, local: [u8; 4], adjust: impl FnOnce(&mut Plan)) -> Datapath {
     require_root();
     let file = PeersFile::parse(toml, Path::new("test.toml")).expect("test peers file parses");
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         &file,
         &Underlay {
             ifindex: 1,
@@ -53,6 +63,7 @@ pub fn datapath(toml: &str, local: [u8; 4]) -> Datapath {
             local: Ipv4Addr::from(local),
         },
     );
+    adjust(&mut plan);
     let mut dp = Datapath::load().unwrap_or_else(|e| {
         panic!("packet tests need root (BPF_PROG_TEST_RUN); loading the data path failed: {e}")
     });
@@ -199,6 +210,19 @@ pub fn eth4(packet: &[u8]) -> Vec<u8> {
     eth(EtherType::IPV4, packet)
 }
 
+/// An IPv4 packet in an Ethernet frame with the given MACs.
+pub fn eth4_with(destination: [u8; 6], source: [u8; 6], packet: &[u8]) -> Vec<u8> {
+    let mut out = Ethernet2Header {
+        source,
+        destination,
+        ether_type: EtherType::IPV4,
+    }
+    .to_bytes()
+    .to_vec();
+    out.extend_from_slice(packet);
+    out
+}
+
 /// An IPv6 packet in an Ethernet frame.
 pub fn eth6(packet: &[u8]) -> Vec<u8> {
     eth(EtherType::IPV6, packet)
@@ -275,6 +299,8 @@ pub enum Prog {
     Tc,
     /// The TC ingress decapsulator.
     TcDecap,
+    /// The gateway fast path's encapsulator on LAN interfaces.
+    XdpLan,
 }
 
 /// A decapsulator: the same acceptance logic (`decap::classify`) behind two program types,
@@ -312,16 +338,39 @@ impl Hook {
 
 /// Runs `prog` once on `frame`: (return value, output frame).
 pub fn run(dp: &mut Datapath, prog: Prog, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+    run_on(dp, prog, frame, None)
+}
+
+/// The `xdp_md` context of an XDP test run on `len` bytes received on `ingress_ifindex`:
+/// data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    [0, len as u32, 0, ingress_ifindex, 0, 0]
+        .into_iter()
+        .flat_map(u32::to_ne_bytes)
+        .collect()
+}
+
+/// Runs `prog` once on `frame`, for XDP programs as received on `ingress` (an ifindex in the
+/// calling thread's network namespace) when given: (return value, output frame).
+pub fn run_on(
+    dp: &mut Datapath,
+    prog: Prog,
+    frame: &[u8],
+    ingress: Option<u32>,
+) -> Result<(u32, Vec<u8>), ProgramError> {
     let mut out = vec![0u8; 4096];
+    let ctx = ingress.map(|i| xdp_md(frame.len(), i));
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
+        ctx_in: ctx.as_deref(),
         ..Default::default()
     };
     let r = match prog {
         Prog::Xdp => dp.xdp().expect("xdp program").test_run(opts)?,
         Prog::Tc => dp.tc().expect("tc program").test_run(opts)?,
         Prog::TcDecap => dp.tc_decap().expect("tc decap program").test_run(opts)?,
+        Prog::XdpLan => dp.xdp_lan().expect("xdp lan program").test_run(opts)?,
     };
     out.truncate(r.data_size_out as usize);
     Ok((r.return_value, out))
@@ -360,6 +409,30 @@ pub fn counters(dp: &Datapath, peers: u32) -> Counters {
         })
         .collect();
     Counters { reasons, peers }
+}
+
+/// Every path counter, summed over all CPUs, in [`DataPath`] index order.
+pub fn paths(dp: &Datapath) -> Vec<u64> {
+    let map: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(dp.ebpf.map(MAP_PATHS).expect("paths map")).unwrap();
+    (0..PATH_COUNT)
+        .map(|i| map.get(&i, 0).unwrap().iter().sum())
+        .collect()
+}
+
+/// Describes a paths delta, e.g. "encap_fast+1".
+pub fn describe_paths(delta: &[u64]) -> String {
+    let s: Vec<String> = DataPath::ALL
+        .iter()
+        .zip(delta)
+        .filter(|(_, n)| **n != 0)
+        .map(|(p, n)| format!("{}+{n}", p.name()))
+        .collect();
+    if s.is_empty() {
+        "nothing".to_string()
+    } else {
+        s.join(" ")
+    }
 }
 
 impl Counters {
@@ -455,6 +528,14 @@ pub enum Expect {
     /// The input's Ethernet header, then `outer` (its ID taken from the output, its checksum
     /// then computed by etherparse), then `inner` byte for byte.
     Encap { outer: Ipv4Header, inner: Vec<u8> },
+    /// `eth` (a whole Ethernet header), then `outer` (its ID taken from the output, its
+    /// checksum then computed by etherparse), then `inner` byte for byte: an encapsulated frame
+    /// with new MACs.
+    EncapEth {
+        eth: Vec<u8>,
+        outer: Ipv4Header,
+        inner: Vec<u8>,
+    },
     /// Not checked (the packet is dropped).
     Dropped,
     /// The kernel refuses the test run with EINVAL before the program runs (TC test runs on
@@ -522,12 +603,18 @@ fn compare_frames(got: &[u8], want: &[u8]) -> Result<(), String> {
 
 /// The expected encapsulated frame given the output (whose ID it copies).
 pub fn expected_encap(input: &[u8], got: &[u8], outer: &Ipv4Header, inner: &[u8]) -> Vec<u8> {
+    expected_encap_eth(&input[..14], got, outer, inner)
+}
+
+/// The expected encapsulated frame behind the Ethernet header `eth`, given the output (whose
+/// ID it copies).
+pub fn expected_encap_eth(eth: &[u8], got: &[u8], outer: &Ipv4Header, inner: &[u8]) -> Vec<u8> {
     let mut outer = outer.clone();
     if got.len() >= 14 + 6 {
         outer.identification = u16::from_be_bytes([got[18], got[19]]);
     }
     outer.header_checksum = outer.calc_header_checksum();
-    let mut want = input[..14].to_vec();
+    let mut want = eth.to_vec();
     want.extend_from_slice(&outer.to_bytes());
     want.extend_from_slice(inner);
     want
@@ -535,8 +622,19 @@ pub fn expected_encap(input: &[u8], got: &[u8], outer: &Ipv4Header, inner: &[u8]
 
 /// Checks one case against a fresh run; `peers` is the number of configured peers.
 pub fn check(dp: &mut Datapath, prog: Prog, peers: u32, case: &Case) -> Result<(), String> {
+    check_on(dp, prog, None, peers, case)
+}
+
+/// Like [`check`], for XDP programs as received on `ingress` when given (see [`run_on`]).
+pub fn check_on(
+    dp: &mut Datapath,
+    prog: Prog,
+    ingress: Option<u32>,
+    peers: u32,
+    case: &Case,
+) -> Result<(), String> {
     let before = counters(dp, peers);
-    let (verdict, got) = match run(dp, prog, &case.input) {
+    let (verdict, got) = match run_on(dp, prog, &case.input, ingress) {
         Ok(r) => r,
         Err(e) if matches!(case.output, Expect::RefusedOrUnchanged) && is_einval(&e) => {
             let delta = counters(dp, peers).delta(&before);
@@ -566,6 +664,10 @@ pub fn check(dp: &mut Datapath, prog: Prog, peers: u32, case: &Case) -> Result<(
         Expect::Frame(want) => compare_frames(&got, want),
         Expect::Encap { outer, inner } => {
             let want = expected_encap(&case.input, &got, outer, inner);
+            compare_frames(&got, &want).and_then(|()| assert_ipv4_checksum("outer", &got[14..]))
+        }
+        Expect::EncapEth { eth, outer, inner } => {
+            let want = expected_encap_eth(eth, &got, outer, inner);
             compare_frames(&got, &want).and_then(|()| assert_ipv4_checksum("outer", &got[14..]))
         }
         Expect::Dropped => Ok(()),
