@@ -8,6 +8,7 @@ pub mod packet;
 pub mod query;
 pub mod topology;
 pub mod traffic;
+pub mod vm;
 
 pub use ipip::{DataPath, IpipUser};
 pub use netns::Netns;

@@ -1,6 +1,7 @@
 //! `cargo xtask setup | build | test | run`: toolchain bootstrap, build, checks and the demo.
 
 mod cmd;
+mod guest;
 mod run;
 mod setup;
 mod test;
@@ -24,6 +25,8 @@ enum Command {
     Setup,
     /// Setup, then build the workspace (the eBPF object is built by ipip-user's build.rs).
     Build,
+    /// Build (or check) the cached Linux guest the interop tests boot (under target/guest).
+    Guest,
     /// Setup, then fmt, clippy, build, eBPF unit tests and the workspace tests (needs root).
     Test,
     /// Setup and build, then bring up the seed's example in network namespaces (needs root).
@@ -35,6 +38,7 @@ fn main() {
     let result = match cli.command {
         Command::Setup => setup::setup(),
         Command::Build => setup::setup().and_then(|()| cmd::cargo(&["build", "--workspace"])),
+        Command::Guest => guest::build(),
         Command::Test => test::test(),
         Command::Run(args) => run::run(&args),
     };

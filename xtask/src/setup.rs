@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "ncat",
     "nftables",
     "ethtool",
+    "qemu-system-x86",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -26,6 +27,7 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     apt_packages()?;
     bpffs()?;
+    crate::guest::build()?;
     Ok(())
 }
 

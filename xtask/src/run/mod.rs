@@ -26,6 +26,9 @@ pub enum Scenario {
     /// Seed §6: desktop calculon → gateway doolittle → head node rfe → compute node comp000,
     /// with NAT on rfe and a spoofer on the public segment.
     Gateways,
+    /// Seed §4 with calculon a stock Linux box (Debian's kernel under qemu, `ip tunnel add
+    /// tunl1 mode ipip`) and doolittle our endpoint.
+    LinuxPeer,
 }
 
 #[derive(Args)]
@@ -47,7 +50,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         cmd::is_root(),
         "`cargo xtask run` must run as root: it creates network namespaces and attaches XDP/TC programs"
     );
-    if args.fast_path && matches!(args.scenario, Scenario::Host) {
+    if args.fast_path && matches!(args.scenario, Scenario::Host | Scenario::LinuxPeer) {
         anyhow::bail!(
             "--fast-path needs a gateway: use it with --scenario cluster or --scenario gateways \
              (in the host scenario nobody forwards)"
@@ -65,11 +68,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         Scenario::Host => host::run(args.keep),
         Scenario::Cluster => cluster::run(args.keep, path),
         Scenario::Gateways => gateways::run(args.keep, path),
+        Scenario::LinuxPeer => crate::guest::run_linux_peer(args.keep),
     }
 }
 
 /// Indents every line by four spaces.
-fn indent(s: &str) -> String {
+pub(crate) fn indent(s: &str) -> String {
     s.lines().map(|l| format!("    {l}\n")).collect()
 }
 
