@@ -21,6 +21,8 @@ use crate::{
 pub struct Accepted {
     pub peer: u32,
     pub inner_len: usize,
+    /// The tunnel's `TUNNEL_FLAG_*`, read once here for the caller.
+    pub tunnel_flags: u32,
 }
 
 /// Checks an Ethernet frame; on success the inner header is final (ECN applied) and the
@@ -88,5 +90,9 @@ pub fn classify<C: Packet>(ctx: &C) -> Result<Accepted, Error> {
         }
     }
 
-    Ok(Accepted { peer, inner_len })
+    Ok(Accepted {
+        peer,
+        inner_len,
+        tunnel_flags: config.flags,
+    })
 }

@@ -10,7 +10,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     decap::classify,
     fib::{self, Fib},
-    maps::{CONFIG, FWD_DEVS},
+    maps::FWD_DEVS,
     packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
@@ -23,8 +23,10 @@ pub fn ipip_xdp_decap(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
     let accepted = classify(ctx)?;
-    if let Some(action) = forward_fast(ctx, accepted.peer, accepted.inner_len)? {
-        return Ok(action);
+    if accepted.tunnel_flags & TUNNEL_FLAG_FAST_PATH != 0 {
+        if let Some(action) = forward_fast(ctx, accepted.peer, accepted.inner_len)? {
+            return Ok(action);
+        }
     }
     // Slide the Ethernet header forward over the outer IPv4 header, then drop the 20 bytes in
     // front of it. The EtherType (IPv4) stays valid for the inner packet.
@@ -48,18 +50,13 @@ fn remove_outer(ctx: &XdpContext) -> Result<(), Error> {
     Ok(())
 }
 
-/// The decapsulating half of the fast path: an accepted packet in transit to a LAN is
+/// The decapsulating half of the fast path (only called with the fast path on): an accepted
+/// packet in transit to a LAN is
 /// forwarded right here (TTL down, MACs from the FIB, XDP_REDIRECT). `None`: not possible or
 /// not wanted, the caller hands the inner packet to the kernel (counted here when it could
 /// have been forwarded but wasn't).
 #[inline(always)]
 fn forward_fast(ctx: &XdpContext, peer: u32, inner_len: usize) -> Result<Option<u32>, Error> {
-    let fast = CONFIG
-        .get(0)
-        .is_some_and(|c| c.flags & TUNNEL_FLAG_FAST_PATH != 0);
-    if !fast {
-        return Ok(None);
-    }
     let inner: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN + OUTER_HEADER_LEN).ok_or(Error::NotOurs)?;
     let fib = fib::lookup(
         ctx,
