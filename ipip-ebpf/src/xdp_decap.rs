@@ -50,11 +50,10 @@ fn remove_outer(ctx: &XdpContext) -> Result<(), Error> {
     Ok(())
 }
 
-/// The decapsulating half of the fast path (only called with the fast path on): an accepted
-/// packet in transit to a LAN is
-/// forwarded right here (TTL down, MACs from the FIB, XDP_REDIRECT). `None`: not possible or
-/// not wanted, the caller hands the inner packet to the kernel (counted here when it could
-/// have been forwarded but wasn't).
+/// The decapsulating half of the fast path (called only when it is on): an accepted packet in
+/// transit to a LAN is forwarded right here (TTL down, MACs from the FIB, XDP_REDIRECT).
+/// `None`: not possible, the caller hands the inner packet to the kernel (counted here when
+/// it could have been forwarded but wasn't).
 #[inline(always)]
 fn forward_fast(ctx: &XdpContext, peer: u32, inner_len: usize) -> Result<Option<u32>, Error> {
     let inner: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN + OUTER_HEADER_LEN).ok_or(Error::NotOurs)?;
