@@ -275,13 +275,7 @@ fn run_fwd_table(dp: &mut Datapath, prog: Prog, cases: &[Fwd]) {
             failed.push(format!("{name}:\n  {e}"));
         }
     }
-    assert!(
-        failed.is_empty(),
-        "{} of {} {prog:?} cases failed:\n{}",
-        failed.len(),
-        cases.len(),
-        failed.join("\n")
-    );
+    assert_all_passed(prog, cases.len(), &failed);
 }
 
 /// An Ethernet header (14 bytes) for IPv4.

@@ -702,11 +702,15 @@ pub fn run_table(dp: &mut Datapath, prog: Prog, peers: u32, cases: &[Case]) {
             }
         }
     }
+    assert_all_passed(prog, cases.len(), &failed);
+}
+
+/// Fails the test with every failed case of a table, after all of them ran.
+pub fn assert_all_passed(prog: Prog, total: usize, failed: &[String]) {
     assert!(
         failed.is_empty(),
-        "{} of {} {prog:?} cases failed:\n{}",
+        "{} of {total} {prog:?} cases failed:\n{}",
         failed.len(),
-        cases.len(),
         failed.join("\n")
     );
 }
