@@ -25,8 +25,8 @@ pub enum Reason {
     DropNoPeer = 8,
     /// IPIP not addressed to our tunnel address: left to the kernel (transit traffic).
     PassIpipNotLocal = 9,
-    /// Outer header carries IP options; Linux peers never send them, the fast path refuses them.
-    DropOuterOptions = 10,
+    /// Outer IPv4 header checksum does not verify (ip_rcv drops these too).
+    DropOuterChecksum = 10,
     /// Forwarded packet whose TTL runs out here: the kernel answers with ICMP time exceeded.
     PassTtlExpired = 11,
     /// The next hop's MAC is not known yet: the kernel resolves it (and queues the packet).
@@ -39,10 +39,20 @@ pub enum Reason {
     PassFibNoRoute = 15,
     /// The FIB's egress interface is not one the fast path may send on.
     PassEgressNotFast = 16,
+    /// IPIP inside a VLAN tag on the underlay: not decapsulated here, left to the kernel (and
+    /// to a VLAN device, if one is configured).
+    PassVlan = 17,
+    /// ICMP "fragmentation needed" about one of our outer packets: the peer's path MTU is
+    /// learned and the message, turned into one about the inner packet, goes to the kernel
+    /// (which updates the inner route's PMTU and tells the socket), as `ipip_err` does.
+    PassPmtuLearned = 18,
+    /// ICMP "fragmentation needed" about one of our outer packets that quotes too little of
+    /// it to name the inner packet (RFC 792's 8 bytes): the MTU is learned, the message dropped.
+    DropPmtuShortQuote = 19,
 }
 
 /// Number of reasons; the size of the reasons map.
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 20;
 
 impl Reason {
     /// All reasons in index order.
@@ -57,13 +67,16 @@ impl Reason {
         Reason::DropHelperFailed,
         Reason::DropNoPeer,
         Reason::PassIpipNotLocal,
-        Reason::DropOuterOptions,
+        Reason::DropOuterChecksum,
         Reason::PassTtlExpired,
         Reason::PassNoNeighbour,
         Reason::PassNeedsFrag,
         Reason::PassIpOptions,
         Reason::PassFibNoRoute,
         Reason::PassEgressNotFast,
+        Reason::PassVlan,
+        Reason::PassPmtuLearned,
+        Reason::DropPmtuShortQuote,
     ];
 
     /// Stable snake_case name used in `stats`, JSON and metrics labels.
@@ -79,13 +92,16 @@ impl Reason {
             Reason::DropHelperFailed => "helper_failed",
             Reason::DropNoPeer => "no_peer",
             Reason::PassIpipNotLocal => "ipip_not_local",
-            Reason::DropOuterOptions => "outer_options",
+            Reason::DropOuterChecksum => "bad_outer_checksum",
             Reason::PassTtlExpired => "ttl_expired",
             Reason::PassNoNeighbour => "no_neighbour",
             Reason::PassNeedsFrag => "needs_fragmentation",
             Reason::PassIpOptions => "ip_options",
             Reason::PassFibNoRoute => "fib_no_route",
             Reason::PassEgressNotFast => "egress_not_fast",
+            Reason::PassVlan => "vlan_tagged",
+            Reason::PassPmtuLearned => "pmtu_learned",
+            Reason::DropPmtuShortQuote => "pmtu_short_quote",
         }
     }
 
@@ -100,6 +116,8 @@ impl Reason {
                 | Reason::PassIpOptions
                 | Reason::PassFibNoRoute
                 | Reason::PassEgressNotFast
+                | Reason::PassVlan
+                | Reason::PassPmtuLearned
         )
     }
 
@@ -126,7 +144,7 @@ impl Reason {
             Reason::PassIpipNotLocal => {
                 "IPIP not addressed to the tunnel's local address, left to the kernel"
             }
-            Reason::DropOuterOptions => "IPIP whose outer header carries IP options",
+            Reason::DropOuterChecksum => "IPIP whose outer IPv4 header checksum is wrong",
             Reason::PassTtlExpired => {
                 "forwarded packet's TTL ran out: the kernel sends ICMP time exceeded"
             }
@@ -137,6 +155,13 @@ impl Reason {
             Reason::PassIpOptions => "forwarded packet with IP options",
             Reason::PassFibNoRoute => "no forwarding route in the FIB (or forwarding disabled)",
             Reason::PassEgressNotFast => "FIB egress interface is not a fast-path interface",
+            Reason::PassVlan => "VLAN-tagged IPIP on the underlay, left to the kernel",
+            Reason::PassPmtuLearned => {
+                "ICMP fragmentation needed for a tunnel packet: peer MTU learned, kernel told"
+            }
+            Reason::DropPmtuShortQuote => {
+                "ICMP fragmentation needed quoting too little to name the inner packet"
+            }
         }
     }
 }

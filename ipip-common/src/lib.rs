@@ -8,11 +8,12 @@ mod maps;
 
 pub use counters::{Path, PeerCounters, Reason, PATH_COUNT, REASON_COUNT};
 pub use maps::{
-    PeerConfig, PeerName, RouteKey, TunnelConfig, MAP_CONFIG, MAP_FWD_DEVS, MAP_PATHS, MAP_PEERS,
-    MAP_PEER_BY_REMOTE, MAP_PEER_NAMES, MAP_PEER_STATS, MAP_REASONS, MAP_ROUTES, MAX_FWD_DEVS,
-    MAX_PEERS, MAX_ROUTES, PEER_FLAG_PMTUDISC, PEER_FLAG_TOS_INHERIT, PEER_NAME_LEN,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP, PROG_XDP_LAN, TTL_INHERIT,
-    TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC, TUNNEL_FLAG_FAST_PATH, TUNNEL_FLAG_LOG_DROPS,
+    PeerConfig, PeerName, PeerPmtu, RouteKey, TunnelConfig, MAP_CONFIG, MAP_FWD_DEVS, MAP_LAN_MACS,
+    MAP_PATHS, MAP_PEERS, MAP_PEER_BY_REMOTE, MAP_PEER_NAMES, MAP_PEER_PMTU, MAP_PEER_STATS,
+    MAP_REASONS, MAP_ROUTES, MAX_FWD_DEVS, MAX_PEERS, MAX_ROUTES, PEER_FLAG_PMTUDISC,
+    PEER_FLAG_TOS_INHERIT, PEER_NAME_LEN, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP,
+    PROG_XDP_LAN, TTL_INHERIT, TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC,
+    TUNNEL_FLAG_FAST_PATH, TUNNEL_FLAG_LOG_DROPS,
 };
 
 /// IP protocol number of IPv4-in-IPv4 (RFC 2003). network-types calls it `IpProto::Ipv4`.
@@ -29,6 +30,7 @@ mod pod {
     unsafe impl aya::Pod for TunnelConfig {}
     unsafe impl aya::Pod for PeerCounters {}
     unsafe impl aya::Pod for PeerName {}
+    unsafe impl aya::Pod for PeerPmtu {}
     unsafe impl bytemuck::Zeroable for PeerCounters {}
     unsafe impl bytemuck::Pod for PeerCounters {}
 }

@@ -17,6 +17,10 @@ pub const MAP_REASONS: &str = "reasons";
 pub const MAP_PEER_NAMES: &str = "peer_names";
 /// Per-CPU array: [`crate::Path`] → packet count.
 pub const MAP_PATHS: &str = "paths";
+/// Array: peer index → [`PeerPmtu`], the path MTU learned from ICMP "fragmentation needed".
+pub const MAP_PEER_PMTU: &str = "peer_pmtu";
+/// Hash: ifindex of a LAN interface → its MAC, so the fast path only forwards frames sent to us.
+pub const MAP_LAN_MACS: &str = "lan_macs";
 /// Device map (hash): the interfaces the XDP fast path may redirect to (underlay + LANs).
 pub const MAP_FWD_DEVS: &str = "fwd_devs";
 pub const MAX_FWD_DEVS: u32 = 64;
@@ -111,9 +115,40 @@ pub struct TunnelConfig {
     /// SO_NETNS_COOKIE of the namespace attached in: unlike its inode, never reused, so pins
     /// left by a deleted namespace are told apart from a live attachment.
     pub netns_cookie: u64,
+    /// How long a learned path MTU holds, in nanoseconds: the namespace's
+    /// `net.ipv4.route.mtu_expires`, as for the kernel's own PMTU exceptions.
+    pub pmtu_expires_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 40);
+
+/// A peer's learned path MTU. Written by the decapsulators when an ICMP "fragmentation needed"
+/// about one of our outer packets to that peer arrives (what `ipip_err` → `ipv4_update_pmtu`
+/// does for Linux's tunnel), read by the encapsulators.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerPmtu {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) after which `mtu` no longer holds.
+    pub expires_ns: u64,
+    /// Learned tunnel MTU (largest inner packet), 0 when nothing was learned.
+    pub mtu: u32,
+    /// Next-hop MTU the last ICMP reported (outer packet size), for operators.
+    pub reported: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PeerPmtu>() == 16);
+
+impl PeerPmtu {
+    /// The tunnel MTU in force at `now_ns` for a peer configured with `configured`.
+    #[inline(always)]
+    pub const fn effective(&self, configured: u16, now_ns: u64) -> u16 {
+        if self.mtu != 0 && now_ns < self.expires_ns && self.mtu < configured as u32 {
+            self.mtu as u16
+        } else {
+            configured
+        }
+    }
+}
 
 impl TunnelConfig {
     pub const fn local(&self) -> u32 {

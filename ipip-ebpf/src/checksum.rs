@@ -32,6 +32,20 @@ pub const fn update(check: u16, old: u16, new: u16) -> u16 {
     !fold(sum)
 }
 
+/// The new checksum after data summing to `old` (folded or not) was replaced by data summing to
+/// `new`, at even offsets: removing bytes is replacing them by nothing (`new` = 0).
+#[inline(always)]
+pub const fn replace(check: u16, old: u32, new: u32) -> u16 {
+    let sum = (!check as u32) + (!fold(old) as u32) + fold(new) as u32;
+    !fold(sum)
+}
+
+/// Whether a header whose 16-bit words (checksum field included) sum to `sum` verifies.
+#[inline(always)]
+pub const fn verifies(sum: u32) -> bool {
+    fold(sum) == 0xffff
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +85,28 @@ mod tests {
             let got = update(check, 0x4500 | old_tos as u16, 0x4500 | new_tos as u16);
             assert_eq!(got, expect, "tos {old_tos:#x} -> {new_tos:#x}");
         }
+    }
+
+    #[test]
+    fn replace_matches_full_recompute_when_words_change_and_vanish() {
+        // A message of 40 bytes; bytes 8..28 are removed and word 6..8 rewritten.
+        let msg: Vec<u8> = (0u8..40).map(|b| b.wrapping_mul(37) ^ 0x5a).collect();
+        let check = finish(add_words(0, &msg));
+        let mut out = msg[..8].to_vec();
+        out[6..8].copy_from_slice(&[0x05, 0x64]);
+        out.extend_from_slice(&msg[28..]);
+        let old = add_words(add_words(0, &msg[6..8]), &msg[8..28]);
+        let got = replace(check, old, add_words(0, &out[6..8]));
+        assert_eq!(got, finish(add_words(0, &out)));
+        assert!(verifies(add_words(add_words(0, &out), &got.to_be_bytes())));
+    }
+
+    #[test]
+    fn verifies_tells_good_from_bad() {
+        let mut h = HEADER;
+        h[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
+        assert!(verifies(add_words(0, &h)));
+        h[10] ^= 1;
+        assert!(!verifies(add_words(0, &h)));
     }
 }

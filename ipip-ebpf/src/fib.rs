@@ -3,7 +3,8 @@
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+        BPF_FIB_LOOKUP_SKIP_NEIGH,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -28,7 +29,19 @@ pub enum Fib {
     Kernel(Reason),
 }
 
-/// Looks up `src → dst` as if the packet (`tot_len` bytes, `tos`) arrived on `ifindex`.
+/// How to ask.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// As a packet arriving on `ifindex` that is to be forwarded, with the next hop's MAC.
+    Input,
+    /// The same, for the route only (no neighbour, no MTU): where would the kernel send it?
+    InputRoute,
+    /// As a packet this host sends out of `ifindex`: how the kernel path routes the outer
+    /// packets it encapsulates (local output, so policy rules on the source agree).
+    Output,
+}
+
+/// Looks up `src → dst` for a packet of `tot_len` bytes with `tos`, in `mode` on `ifindex`.
 #[inline(always)]
 pub fn lookup(
     ctx: &XdpContext,
@@ -37,6 +50,7 @@ pub fn lookup(
     tos: u8,
     tot_len: u16,
     ifindex: u32,
+    mode: Mode,
 ) -> Fib {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
@@ -52,7 +66,11 @@ pub fn lookup(
             ctx.as_ptr(),
             &mut p,
             core::mem::size_of::<FibParams>() as i32,
-            0,
+            match mode {
+                Mode::Input => 0,
+                Mode::InputRoute => BPF_FIB_LOOKUP_SKIP_NEIGH,
+                Mode::Output => BPF_FIB_LOOKUP_OUTPUT,
+            },
         )
     };
     if rc < 0 {

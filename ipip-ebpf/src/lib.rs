@@ -8,3 +8,4 @@ pub mod ecn;
 pub mod error;
 pub mod forward;
 pub mod outer;
+pub mod pmtu;

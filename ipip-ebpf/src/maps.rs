@@ -8,8 +8,8 @@ use aya_ebpf::{
     },
 };
 use ipip_common::{
-    PeerConfig, PeerCounters, PeerName, Reason, RouteKey, TunnelConfig, MAX_FWD_DEVS, MAX_PEERS,
-    MAX_ROUTES, PATH_COUNT, REASON_COUNT,
+    PeerConfig, PeerCounters, PeerName, PeerPmtu, Reason, RouteKey, TunnelConfig, MAX_FWD_DEVS,
+    MAX_PEERS, MAX_ROUTES, PATH_COUNT, REASON_COUNT,
 };
 use ipip_ebpf::error::Error;
 
@@ -40,9 +40,30 @@ pub static PEER_NAMES: Array<PeerName> = Array::with_max_entries(MAX_PEERS, 0);
 #[map(name = "paths")]
 pub static PATHS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PATH_COUNT, 0);
 
+/// Learned path MTU per peer: written by the decapsulators (ICMP), read by the encapsulators.
+#[map(name = "peer_pmtu")]
+pub static PEER_PMTU: Array<PeerPmtu> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// LAN interface ifindex → its MAC: the fast path forwards only frames addressed to it.
+#[map(name = "lan_macs")]
+pub static LAN_MACS: HashMap<u32, [u8; 6]> = HashMap::with_max_entries(MAX_FWD_DEVS, 0);
+
 /// Where the fast path may redirect: the underlay and the LAN interfaces, by ifindex.
 #[map(name = "fwd_devs")]
 pub static FWD_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_FWD_DEVS, 0);
+
+/// The tunnel MTU toward `peer` now: the configured one, or a lower one learned from ICMP and
+/// not yet expired.
+#[inline(always)]
+pub fn tunnel_mtu(idx: u32, peer: &PeerConfig) -> u16 {
+    match PEER_PMTU.get(idx) {
+        Some(p) if p.mtu != 0 => {
+            // SAFETY: helper without arguments.
+            p.effective(peer.mtu, unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() })
+        }
+        _ => peer.mtu,
+    }
+}
 
 /// The peer that `dst` is routed to, or `NotOurs` when no route covers it.
 #[inline(always)]

@@ -4,18 +4,20 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO,
+        bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM,
     },
     macros::classifier,
     programs::TcContext,
 };
-use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
-use ipip_ebpf::error::Error;
+use ipip_common::{Path, Reason, IPPROTO_IPIP, OUTER_HEADER_LEN};
+use ipip_ebpf::{error::Error, pmtu::IPPROTO_ICMP};
 
-use crate::{decap::classify, packet::ETH_LEN, stats, verdict};
-
-/// Ethernet + outer + inner IPv4 headers: what classification reads directly.
-const HEADERS: u32 = (ETH_LEN + 2 * OUTER_HEADER_LEN) as u32;
+use crate::{
+    decap::{classify, FragNeeded, Ours, FN_IP, FN_QUOTED_INNER, MAX_IP_HLEN},
+    packet::{ETH_LEN, ETH_P_IP},
+    stats, verdict,
+};
 
 #[classifier]
 pub fn ipip_tc_decap(ctx: TcContext) -> i32 {
@@ -24,19 +26,66 @@ pub fn ipip_tc_decap(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_decap(ctx: &TcContext) -> Result<(), Error> {
+    // Classify from the skb (which reads outside the linear area too) before touching
+    // anything: traffic that isn't ours is never pulled, so never dropped by a failed pull.
+    let ether_type: [u8; 2] = ctx.load(12).map_err(|_| Error::NotOurs)?;
+    if ether_type != ETH_P_IP {
+        return Err(Error::NotOurs);
+    }
+    let proto: u8 = ctx.load(ETH_LEN + 9).map_err(|_| Error::NotOurs)?;
+    let wanted = match proto {
+        IPPROTO_IPIP => ETH_LEN + MAX_IP_HLEN + OUTER_HEADER_LEN,
+        IPPROTO_ICMP => FN_QUOTED_INNER + ipip_ebpf::pmtu::QUOTE_LEN,
+        _ => return Err(Error::NotOurs),
+    };
+    // SAFETY: reading a plain integer field of our own __sk_buff.
+    if proto == IPPROTO_IPIP && unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        // The tag was taken off into the skb's metadata before TC: IPIP of a VLAN is the
+        // VLAN device's (as on XDP, where the tag is still in the frame).
+        return Err(Error::Pass(Reason::PassVlan));
+    }
     // GRO-merged skbs may keep headers outside the linear area; bring them in.
-    if ctx.data_end() - ctx.data() < HEADERS as usize && ctx.len() >= HEADERS {
-        ctx.pull_data(HEADERS)
+    let want = (wanted as u32).min(ctx.len());
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        ctx.pull_data(want)
             .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
     }
-    let accepted = classify(ctx)?;
-    ctx.adjust_room(
-        -(OUTER_HEADER_LEN as i32),
-        BPF_ADJ_ROOM_MAC,
-        (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64,
-    )
-    .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
-    stats::count_rx(accepted.peer, accepted.inner_len as u64);
-    stats::count_path(Path::DecapKernel);
+    match classify(ctx)? {
+        Ours::Ipip(accepted) => {
+            ctx.adjust_room(
+                -((accepted.outer_hlen & 0x3c) as i32),
+                BPF_ADJ_ROOM_MAC,
+                (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64,
+            )
+            .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
+            stats::count_rx(accepted.peer, accepted.inner_len as u64);
+            stats::count_path(Path::DecapKernel);
+        }
+        Ours::FragNeeded(f) => {
+            rewrite_frag_needed(ctx, &f)?;
+            stats::count_reason(Reason::PassPmtuLearned);
+        }
+    }
+    Ok(())
+}
+
+/// The TC form of the rewrite (see [`FragNeeded`]): the new ICMP header goes right behind the
+/// quoted outer header, then the 20 bytes in front of it (old ICMP header and most of the
+/// quote) are removed behind the IP header. Writes go through the store helper with
+/// `BPF_F_RECOMPUTE_CSUM`, so a checksum-complete skb stays consistent.
+#[inline(always)]
+fn rewrite_frag_needed(ctx: &TcContext, f: &FragNeeded) -> Result<(), Error> {
+    let failed = |_| Error::Drop(Reason::DropHelperFailed);
+    let flags = BPF_F_RECOMPUTE_CSUM as u64;
+    if let Some(q) = &f.quote {
+        ctx.store(FN_QUOTED_INNER, q, flags).map_err(failed)?;
+    }
+    ctx.store(FN_QUOTED_INNER - 8, &f.icmp, flags)
+        .map_err(failed)?;
+    // BPF_ADJ_ROOM_NET removes right behind the (20-byte) IPv4 header: [FN_ICMP, FN_QUOTED_INNER - 8).
+    ctx.adjust_room(-(OUTER_HEADER_LEN as i32), BPF_ADJ_ROOM_NET, 0)
+        .map_err(failed)?;
+    ctx.store(FN_IP + 2, &f.ip_len, flags).map_err(failed)?;
+    ctx.store(FN_IP + 10, &f.ip_check, flags).map_err(failed)?;
     Ok(())
 }

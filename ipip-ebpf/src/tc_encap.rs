@@ -20,7 +20,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     maps::route_to,
-    packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
+    packet::{ref_mut_at, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
 
@@ -31,29 +31,33 @@ pub fn ipip_tc_encap(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_encap(ctx: &TcContext) -> Result<(), Error> {
-    let eth: &mut EthRaw = ref_mut_at(ctx, 0).ok_or(Error::NotOurs)?;
-    if eth.proto != ETH_P_IP {
+    // Classify from the skb before touching anything: only a routed packet is ever pulled,
+    // and a failed pull of someone else's packet would drop it.
+    let ether_type: [u8; 2] = ctx.load(12).map_err(|_| Error::NotOurs)?;
+    if ether_type != ETH_P_IP {
         return Err(Error::NotOurs);
     }
+    let dst: [u8; 4] = ctx.load(ETH_LEN + 16).map_err(|_| Error::NotOurs)?;
+    let (peer_idx, peer) = route_to(dst)?;
     let ip = match ref_mut_at::<Ipv4Hdr>(ctx, ETH_LEN) {
         Some(ip) => ip,
         None => {
             // Header not in the linear area (rare on egress): pull it in, or refuse to send
             // it unencapsulated.
-            if ctx.len() < (ETH_LEN + 20) as u32 {
-                return Err(Error::NotOurs);
-            }
             ctx.pull_data((ETH_LEN + 20) as u32)
                 .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
             ref_mut_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropHelperFailed))?
         }
     };
-    let (peer_idx, peer) = route_to(ip.dst_addr)?;
     // SAFETY: reading plain integer fields of our own __sk_buff.
     let (gso_segs, gso_size) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
     // Like Linux (ip_local_out sets tot_len from skb->len), the outer length follows the
     // packet's real length, not what the inner header claims; GSO rewrites it per segment.
     let inner_len = ctx.len().saturating_sub(ETH_LEN as u32);
+    // Only the configured MTU is enforced here. A learned, lower one is the kernel's to apply
+    // per inner destination (it was told, see pmtu); a packet for a destination it hasn't
+    // heard of yet goes out and the underlay's ICMP teaches it, where a drop here would
+    // black-hole that destination.
     if gso_size == 0 && inner_len > peer.mtu as u32 {
         return Err(Error::Drop(Reason::DropTooBig));
     }

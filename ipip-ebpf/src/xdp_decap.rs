@@ -4,11 +4,13 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use ipip_common::{Path, Reason, OUTER_HEADER_LEN, TUNNEL_FLAG_FAST_PATH};
-use ipip_ebpf::{error::Error, forward::decrement_ttl};
+use ipip_ebpf::{error::Error, forward::decrement_ttl, pmtu::QUOTE_LEN};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    decap::classify,
+    decap::{
+        classify, Accepted, FragNeeded, Ours, FN_ICMP, FN_IP, FN_QUOTED_INNER, FN_QUOTED_OUTER,
+    },
     fib::{self, Fib},
     maps::FWD_DEVS,
     packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
@@ -22,18 +24,31 @@ pub fn ipip_xdp_decap(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
-    let accepted = classify(ctx)?;
+    match classify(ctx)? {
+        Ours::Ipip(accepted) => decap(ctx, accepted),
+        Ours::FragNeeded(f) => {
+            rewrite_frag_needed(ctx, &f)?;
+            stats::count_reason(Reason::PassPmtuLearned);
+            Ok(xdp_action::XDP_PASS)
+        }
+    }
+}
+
+#[inline(always)]
+fn decap(ctx: &XdpContext, accepted: Accepted) -> Result<u32, Error> {
+    // 20..=60, and the verifier is told so.
+    let hlen = accepted.outer_hlen & 0x3c;
     if accepted.tunnel_flags & TUNNEL_FLAG_FAST_PATH != 0 {
-        if let Some(action) = forward_fast(ctx, accepted.peer, accepted.inner_len)? {
+        if let Some(action) = forward_fast(ctx, accepted.peer, accepted.inner_len, hlen)? {
             return Ok(action);
         }
     }
-    // Slide the Ethernet header forward over the outer IPv4 header, then drop the 20 bytes in
-    // front of it. The EtherType (IPv4) stays valid for the inner packet.
+    // Slide the Ethernet header forward over the outer IPv4 header (options included), then
+    // drop what is in front of it. The EtherType (IPv4) stays valid for the inner packet.
     let mac: EthRaw = *ref_mut_at::<EthRaw>(ctx, 0).ok_or(Error::NotOurs)?;
-    let moved: &mut EthRaw = ref_mut_at(ctx, OUTER_HEADER_LEN).ok_or(Error::NotOurs)?;
+    let moved: &mut EthRaw = ref_mut_at(ctx, hlen).ok_or(Error::NotOurs)?;
     *moved = mac;
-    remove_outer(ctx)?;
+    adjust_head(ctx, hlen as i32)?;
     // Every packet pointer is stale from here on; nothing below touches the packet.
     stats::count_rx(accepted.peer, accepted.inner_len as u64);
     stats::count_path(Path::DecapKernel);
@@ -41,13 +56,32 @@ fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
 }
 
 #[inline(always)]
-fn remove_outer(ctx: &XdpContext) -> Result<(), Error> {
+fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), Error> {
     // SAFETY: plain helper call on our own context.
-    let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, OUTER_HEADER_LEN as i32) };
+    let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, delta) };
     if rc != 0 {
         return Err(Error::Drop(Reason::DropHelperFailed));
     }
     Ok(())
+}
+
+/// Turns an ICMP "fragmentation needed" about our outer packet into one about the inner
+/// packet (see [`FragNeeded`]): everything in front of the quoted outer header moves 20 bytes
+/// forward over it, with the new ICMP header and IP length, and the head follows.
+#[inline(always)]
+fn rewrite_frag_needed(ctx: &XdpContext, f: &FragNeeded) -> Result<(), Error> {
+    let failed = Error::Drop(Reason::DropHelperFailed);
+    if let Some(q) = &f.quote {
+        let at: &mut [u8; QUOTE_LEN] = ref_mut_at(ctx, FN_QUOTED_INNER).ok_or(failed)?;
+        *at = *q;
+    }
+    let mut head: [u8; FN_QUOTED_OUTER] = *ref_mut_at(ctx, 0).ok_or(failed)?;
+    head[FN_IP + 2..FN_IP + 4].copy_from_slice(&f.ip_len);
+    head[FN_IP + 10..FN_IP + 12].copy_from_slice(&f.ip_check);
+    head[FN_ICMP..FN_QUOTED_OUTER].copy_from_slice(&f.icmp);
+    let moved: &mut [u8; FN_QUOTED_OUTER] = ref_mut_at(ctx, OUTER_HEADER_LEN).ok_or(failed)?;
+    *moved = head;
+    adjust_head(ctx, OUTER_HEADER_LEN as i32)
 }
 
 /// The decapsulating half of the fast path (called only when it is on): an accepted packet in
@@ -55,8 +89,13 @@ fn remove_outer(ctx: &XdpContext) -> Result<(), Error> {
 /// `None`: not possible, the caller hands the inner packet to the kernel (counted here when
 /// it could have been forwarded but wasn't).
 #[inline(always)]
-fn forward_fast(ctx: &XdpContext, peer: u32, inner_len: usize) -> Result<Option<u32>, Error> {
-    let inner: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN + OUTER_HEADER_LEN).ok_or(Error::NotOurs)?;
+fn forward_fast(
+    ctx: &XdpContext,
+    peer: u32,
+    inner_len: usize,
+    hlen: usize,
+) -> Result<Option<u32>, Error> {
+    let inner: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN + hlen).ok_or(Error::NotOurs)?;
     let fib = fib::lookup(
         ctx,
         inner.src_addr,
@@ -64,6 +103,7 @@ fn forward_fast(ctx: &XdpContext, peer: u32, inner_len: usize) -> Result<Option<
         inner.tos,
         inner_len as u16,
         ctx.ingress_ifindex() as u32,
+        fib::Mode::Input,
     );
     let (smac, dmac, ifindex) = match fib {
         // Back out of the underlay (transit between two peers): that needs encapsulating
@@ -96,13 +136,13 @@ fn forward_fast(ctx: &XdpContext, peer: u32, inner_len: usize) -> Result<Option<
     inner.ttl = ttl;
     inner.check = check.to_be_bytes();
     // The new Ethernet header goes right in front of the inner packet.
-    let eth: &mut EthRaw = ref_mut_at(ctx, OUTER_HEADER_LEN).ok_or(Error::NotOurs)?;
+    let eth: &mut EthRaw = ref_mut_at(ctx, hlen).ok_or(Error::NotOurs)?;
     *eth = EthRaw {
         dst: dmac,
         src: smac,
         proto: ETH_P_IP,
     };
-    remove_outer(ctx)?;
+    adjust_head(ctx, hlen as i32)?;
     stats::count_rx(peer, inner_len as u64);
     stats::count_path(Path::DecapFast);
     Ok(Some(

@@ -17,7 +17,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     fib::{self, Fib},
-    maps::{route_to, FWD_DEVS},
+    maps::{route_to, tunnel_mtu, CONFIG, FWD_DEVS, LAN_MACS},
     packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
@@ -30,9 +30,17 @@ pub fn ipip_xdp_lan(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
     let eth: &EthRaw = ref_mut_at(ctx, 0).ok_or(Error::NotOurs)?;
-    // Only unicast frames addressed to us are forwarded; the rest is not ours to route.
     if eth.proto != ETH_P_IP || eth.dst[0] & 1 != 0 {
         return Err(Error::NotOurs);
+    }
+    // Only frames addressed to this interface are ours to route: on a bridge port, in
+    // promiscuous mode or with flooded unicast others arrive too (PACKET_OTHERHOST to Linux,
+    // which drops them; the kernel still sees them here, untouched).
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: a 6-byte value written only by the loader.
+    match unsafe { LAN_MACS.get(ingress) } {
+        Some(mac) if *mac == eth.dst => {}
+        _ => return Err(Error::NotOurs),
     }
     let ip: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN).ok_or(Error::NotOurs)?;
     let (peer_idx, peer) = route_to(ip.dst_addr)?;
@@ -47,16 +55,39 @@ fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
         // Truncated: the kernel's IP layer judges it.
         return Err(Error::NotOurs);
     }
-    if inner_len > peer.mtu {
+    // Larger than the path toward the peer is known to take: the kernel path answers (or
+    // fragments) by the route's PMTU, which the ICMP that taught us also lowered.
+    if inner_len > tunnel_mtu(peer_idx, peer) {
         return Err(Error::Pass(Reason::PassNeedsFrag));
     }
+    let underlay = CONFIG.get(0).ok_or(Error::NotOurs)?.ifindex;
+    // Two lookups, as the kernel path makes two decisions. First the inner packet is routed
+    // as it arrived (forwarding enabled here, policy rules, and our route to the underlay:
+    // anything else means the kernel would not tunnel it at all).
+    match fib::lookup(
+        ctx,
+        ip.src_addr,
+        ip.dst_addr,
+        ip.tos,
+        0,
+        ingress,
+        fib::Mode::InputRoute,
+    ) {
+        Fib::Forward { ifindex, .. } if ifindex == underlay => {}
+        Fib::Forward { .. } => return Err(Error::Pass(Reason::PassEgressNotFast)),
+        Fib::Local => return Err(Error::Pass(Reason::PassFibNoRoute)),
+        Fib::Kernel(r) => return Err(Error::Pass(r)),
+    }
+    // Then the outer packet, as TC egress's output is routed: from this host, out of the
+    // underlay.
     let (smac, dmac, ifindex) = match fib::lookup(
         ctx,
         peer.local,
         peer.remote,
         0,
         inner_len + OUTER_HEADER_LEN as u16,
-        ctx.ingress_ifindex() as u32,
+        underlay,
+        fib::Mode::Output,
     ) {
         Fib::Forward {
             ifindex,

@@ -188,6 +188,7 @@ async fn prepare(
         },
     );
     plan.tunnel.netns_cookie = netns_cookie()?;
+    plan.tunnel.pmtu_expires_ns = mtu_expires_s() * 1_000_000_000;
     if !lans.is_empty() {
         plan.tunnel.flags |= TUNNEL_FLAG_FAST_PATH;
     }
@@ -281,6 +282,8 @@ async fn install(
         let mut devs = vec![p.link.index];
         devs.extend(p.lans.iter().map(|l| l.index));
         dp.allow_forwarding_to(&devs)?;
+        let macs: Vec<(u32, [u8; 6])> = p.lans.iter().map(|l| (l.index, l.mac)).collect();
+        dp.accept_frames_to(&macs)?;
         dp.xdp_lan()?
             .pin(p.dir.prog(PROG_XDP_LAN))
             .context("pinning the LAN XDP program")?;
@@ -482,6 +485,19 @@ pub fn is_stale(dir: &PinDir) -> bool {
 }
 
 /// The tunnel settings of an attachment, from its pinned config map.
+/// How long learned path MTUs hold: this namespace's `net.ipv4.route.mtu_expires` (seconds),
+/// the lifetime of the kernel's own PMTU exceptions, so that both age out together.
+fn mtu_expires_s() -> u64 {
+    const PATH: &str = "/proc/sys/net/ipv4/route/mtu_expires";
+    match std::fs::read_to_string(PATH).map(|v| v.trim().parse::<u64>()) {
+        Ok(Ok(s)) if s > 0 => s,
+        other => {
+            log::debug!("{PATH}: {other:?}; using the kernel default");
+            crate::plan::DEFAULT_MTU_EXPIRES_S
+        }
+    }
+}
+
 pub fn read_tunnel(dir: &PinDir) -> Result<TunnelConfig> {
     let data = MapData::from_pin(dir.map(MAP_CONFIG))?;
     let map: Array<MapData, TunnelConfig> = Array::try_from(aya::maps::Map::Array(data))?;

@@ -6,8 +6,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use ipip_common::{
-    PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_FWD_DEVS, MAP_PEERS, MAP_PEER_BY_REMOTE,
-    MAP_PEER_NAMES, MAP_ROUTES, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP, PROG_XDP_LAN,
+    PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_FWD_DEVS, MAP_LAN_MACS, MAP_PEERS,
+    MAP_PEER_BY_REMOTE, MAP_PEER_NAMES, MAP_ROUTES, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    PROG_XDP_DECAP, PROG_XDP_LAN,
 };
 
 use crate::plan::{peer_name, Plan};
@@ -78,6 +79,19 @@ impl Datapath {
             devs.insert(*i, *i, None, 0)
                 .map_err(|source| DatapathError::DevMap {
                     name: MAP_FWD_DEVS,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Tells the fast path each LAN interface's MAC: it forwards only frames addressed to it.
+    pub fn accept_frames_to(&mut self, macs: &[(u32, [u8; 6])]) -> Result<(), DatapathError> {
+        let mut map: HashMap<&mut MapData, u32, [u8; 6]> = map_mut(&mut self.ebpf, MAP_LAN_MACS)?;
+        for (ifindex, mac) in macs {
+            map.insert(ifindex, mac, 0)
+                .map_err(|source| DatapathError::Map {
+                    name: MAP_LAN_MACS,
                     source,
                 })?;
         }

@@ -36,6 +36,8 @@ pub struct Link {
     pub up: bool,
     /// A veth: XDP redirects into it have conditions a NIC doesn't (see attach).
     pub veth: bool,
+    /// Hardware address (zero when the link has none of Ethernet size).
+    pub mac: [u8; 6],
 }
 
 /// Where the kernel sends packets for one destination (`ip route get`).
@@ -242,9 +244,11 @@ fn link_from(msg: netlink_packet_route::link::LinkMessage) -> Link {
         mtu: 1500,
         up: msg.header.flags.contains(LinkFlags::Up),
         veth: false,
+        mac: [0; 6],
     };
     for attr in msg.attributes {
         match attr {
+            LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(&a),
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::Mtu(m) => link.mtu = m,
             LinkAttribute::LinkInfo(infos) => {

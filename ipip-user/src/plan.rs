@@ -20,6 +20,9 @@ pub struct Underlay {
     pub local: Ipv4Addr,
 }
 
+/// `net.ipv4.route.mtu_expires` when nothing else is known: the kernel's default, 10 minutes.
+pub const DEFAULT_MTU_EXPIRES_S: u64 = 600;
+
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub tunnel: TunnelConfig,
@@ -93,6 +96,8 @@ impl Plan {
                 flags: 0,
                 peer_count: peers.len() as u32,
                 netns_cookie: 0,
+                // The kernel's default; attach reads the namespace's own value.
+                pmtu_expires_ns: DEFAULT_MTU_EXPIRES_S * 1_000_000_000,
             },
             address,
             tunnel_mtu,

@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use ipip_common::{
-    Path, PeerConfig, PeerCounters, PeerName, Reason, MAP_PATHS, MAP_PEERS, MAP_PEER_NAMES,
-    MAP_PEER_STATS, MAP_REASONS,
+    Path, PeerConfig, PeerCounters, PeerName, PeerPmtu, Reason, MAP_PATHS, MAP_PEERS,
+    MAP_PEER_NAMES, MAP_PEER_PMTU, MAP_PEER_STATS, MAP_REASONS,
 };
 
 use crate::{attach::read_tunnel, pins::PinDir, plan::peer_name_str};
@@ -32,6 +32,24 @@ pub struct PeerStats {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Configured tunnel MTU toward this peer (underlay MTU − 20).
+    pub mtu: u16,
+    /// Path MTU learned from ICMP "fragmentation needed" (a tunnel MTU, outer MTU − 20), while
+    /// it holds; `null` when none is in force.
+    pub learned_mtu: Option<u16>,
+    /// Seconds until `learned_mtu` expires (`net.ipv4.route.mtu_expires`).
+    pub learned_mtu_expires_in_s: Option<u64>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn open(dir: &PinDir, name: &str) -> Result<MapData> {
@@ -54,6 +72,11 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
     let paths_map: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(open(dir, MAP_PATHS)?))?;
 
+    // Absent from attachments made before PMTU learning existed: nothing learned there.
+    let pmtu: Option<Array<MapData, PeerPmtu>> = MapData::from_pin(dir.map(MAP_PEER_PMTU))
+        .ok()
+        .and_then(|m| Array::try_from(Map::Array(m)).ok());
+    let now = monotonic_ns();
     let mut out_peers = Vec::new();
     for i in 0..tunnel.peer_count {
         let cfg = peers.get(&i, 0)?;
@@ -67,7 +90,14 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
             sum.tx_packets += c.tx_packets;
             sum.tx_bytes += c.tx_bytes;
         }
+        let learned = pmtu
+            .as_ref()
+            .and_then(|m| m.get(&i, 0).ok())
+            .filter(|p| p.effective(cfg.mtu, now) < cfg.mtu);
         out_peers.push(PeerStats {
+            mtu: cfg.mtu,
+            learned_mtu: learned.map(|p| p.mtu as u16),
+            learned_mtu_expires_in_s: learned.map(|p| (p.expires_ns - now).div_ceil(1_000_000_000)),
             name: peer_name_str(&names.get(&i, 0)?),
             remote: Ipv4Addr::from(cfg.remote),
             rx_packets: sum.rx_packets,
@@ -134,7 +164,13 @@ pub fn render(s: &Snapshot, rates: Option<(&Sample, &Sample)>) -> String {
         s.address.as_deref().unwrap_or("none")
     );
     for p in &s.peers {
-        let _ = writeln!(o, "  peer {}  remote {}", p.name, p.remote);
+        let mtu = match (p.learned_mtu, p.learned_mtu_expires_in_s) {
+            (Some(m), Some(e)) => {
+                format!("mtu {m} (learned; configured {}, expires in {e} s)", p.mtu)
+            }
+            _ => format!("mtu {}", p.mtu),
+        };
+        let _ = writeln!(o, "  peer {}  remote {}  {mtu}", p.name, p.remote);
         let _ = writeln!(
             o,
             "    rx {} packets, {} bytes    tx {} packets, {} bytes",

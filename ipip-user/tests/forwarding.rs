@@ -18,8 +18,9 @@
 //!   blackhole 198.51.100.58 (blackholed)         198.51.100.59 via 203.0.113.250 (slow)
 //!   198.51.100.60 via 192.0.2.250 mtu lock 1400  100.64.0.1: no route (unroutable)
 //!   172.20.0.0/16 via 203.0.113.250              blackhole 172.21.0.0/16
-//!   10.204.0.0/24 via 192.0.2.250 dev wan0 mtu 1480 proto 156 (narrow's routes, as attach
-//!   installs them: into the tunnel through TC egress on the underlay)
+//!   10.200.100.0/24, 10.201-205.0.0/24 via 192.0.2.250 dev wan0 mtu 1480 proto 156 (every
+//!   peer's routes, as attach installs them: into the tunnel through TC egress on the
+//!   underlay; the fast path's first lookup, of the inner packet, must land there)
 //! ```
 
 mod common;
@@ -172,6 +173,11 @@ fn gateway() -> Netns {
         ip route add blackhole 172.21.0.0/16
         ip route add 192.168.104.200/32 dev lan0 mtu lock 1000
         ip route add 10.204.0.0/24 via 192.0.2.250 dev wan0 mtu 1480 proto 156
+        ip route add 10.200.100.0/24 via 192.0.2.250 dev wan0 mtu 1480 proto 156
+        ip route add 10.201.0.0/24 via 192.0.2.250 dev wan0 mtu 1480 proto 156
+        ip route add 10.202.0.0/24 via 192.0.2.250 dev wan0 mtu 1480 proto 156
+        ip route add 10.203.0.0/24 via 192.0.2.250 dev wan0 mtu 1480 proto 156
+        ip route add 10.205.0.0/24 via 192.0.2.250 dev wan0 mtu 1480 proto 156
         ip neigh replace 192.0.2.250 lladdr 02:00:00:00:02:fa dev wan0 nud permanent
         ip neigh replace 203.0.113.250 lladdr 02:00:00:00:03:fa dev wan1 nud permanent
         ip neigh replace 192.168.104.100 lladdr 02:00:00:00:01:64 dev lan0 nud permanent
@@ -221,14 +227,36 @@ fn ifindex(name: &str) -> u32 {
     nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("no interface {name}: {e}"))
 }
 
+/// The MAC of `name` in the calling thread's namespace.
+fn mac_of(name: &str) -> [u8; 6] {
+    nix::ifaddrs::getifaddrs()
+        .expect("getifaddrs")
+        .filter(|a| a.interface_name == name)
+        .find_map(|a| {
+            a.address
+                .and_then(|s| s.as_link_addr().and_then(|l| l.addr()))
+        })
+        .unwrap_or_else(|| panic!("no MAC for {name}"))
+}
+
 /// Loads the data path from `toml` (underlay wan0, 1500 bytes) with the tunnel flags `flags`
 /// and lets the fast path redirect to `fwd_devs`. Call on a thread inside the namespace: the
 /// device map resolves ifindexes in the caller's namespace.
 fn gateway_datapath(toml: &str, flags: u32, fwd_devs: &[&str]) -> Datapath {
-    let mut dp = datapath_with(toml, LOCAL_WAN, |plan| plan.tunnel.flags |= flags);
+    let mut dp = datapath_with(toml, LOCAL_WAN, |plan| {
+        plan.tunnel.flags |= flags;
+        plan.tunnel.ifindex = ifindex("wan0");
+    });
     let devs: Vec<u32> = fwd_devs.iter().map(|d| ifindex(d)).collect();
     dp.allow_forwarding_to(&devs)
         .expect("filling the fwd_devs device map");
+    // Both LANs run the LAN program (as `--lan` interfaces do), whatever the device map holds.
+    let macs: Vec<(u32, [u8; 6])> = ["lan0", "lan1"]
+        .iter()
+        .map(|d| (ifindex(d), mac_of(d)))
+        .collect();
+    dp.accept_frames_to(&macs)
+        .expect("filling the lan_macs map");
     dp
 }
 
@@ -490,9 +518,9 @@ fn lan_encap_fast_path() {
                 Some(Reason::PassNoNeighbour),
             ),
             lan_pass(
-                "peer remote routed out of wan1 (not in fwd_devs)",
+                "peer remote routed out of wan1: no route to it out of the underlay",
                 from_lan(&udp(&lan_v4([10, 203, 0, 9]), 200)),
-                Some(Reason::PassEgressNotFast),
+                Some(Reason::PassFibNoRoute),
             ),
             lan_pass(
                 "peer remote blackholed",
