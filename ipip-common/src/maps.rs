@@ -96,6 +96,10 @@ pub const TUNNEL_FLAG_DECAP_TC: u32 = 1 << 2;
 /// The XDP fast path is on: decapsulated transit traffic is redirected to LAN interfaces.
 pub const TUNNEL_FLAG_FAST_PATH: u32 = 1 << 3;
 
+/// attach turned `net.ipv4.ip_forward_use_pmtu` on in this namespace; the last attachment that
+/// holds this flag turns it off again.
+pub const TUNNEL_FLAG_FWD_USE_PMTU: u32 = 1 << 4;
+
 /// Tunnel-wide settings, index 0 of the config array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,11 +12,13 @@ use aya::{
 use ipip_common::{
     TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP, PROG_XDP_LAN,
     TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC, TUNNEL_FLAG_FAST_PATH,
+    TUNNEL_FLAG_FWD_USE_PMTU,
 };
 
 use crate::{
     config::PeersFile,
     datapath::Datapath,
+    forward_pmtu,
     netif::{Link, NetError, Netlink},
     pins::{ensure_bpffs, netns_cookie, PinDir},
     plan::{Plan, Underlay},
@@ -217,13 +219,20 @@ pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
     let nl = Netlink::open()?;
     let prepared = prepare(&nl, interface, req.peers, req.lans, decap).await?;
     ensure_bpffs()?;
-    let mut address_added = false;
-    match install(&nl, &prepared, decap, mode, &mut address_added).await {
+    let mut made = Made::default();
+    match install(&nl, &prepared, decap, mode, &mut made).await {
         Ok(attached) => Ok(attached),
         Err(e) => {
             log::debug!("attach failed, rolling back: {e:#}");
-            let added = prepared.plan.address.filter(|_| address_added);
-            let cleanup = teardown(&nl, &prepared.dir, prepared.link.index, added).await;
+            let added = prepared.plan.address.filter(|_| made.address);
+            let cleanup = teardown(
+                &nl,
+                &prepared.dir,
+                prepared.link.index,
+                added,
+                made.fwd_use_pmtu,
+            )
+            .await;
             match cleanup {
                 Ok(()) => Err(e.context(format!("attach to {interface} failed; nothing was left behind"))),
                 Err(c) => Err(e.context(format!(
@@ -234,12 +243,19 @@ pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
     }
 }
 
+/// What an attach changed outside its pins, for the rollback to undo.
+#[derive(Default)]
+struct Made {
+    address: bool,
+    fwd_use_pmtu: bool,
+}
+
 async fn install(
     nl: &Netlink,
     p: &Prepared,
     decap: DecapHook,
     mode: XdpModeArg,
-    address_added: &mut bool,
+    made: &mut Made,
 ) -> Result<Attached> {
     let iface = &p.link.name;
     let mut dp = Datapath::load()?;
@@ -301,8 +317,14 @@ async fn install(
     let src = p.plan.address.map(|a| a.addr());
     if let Some(addr) = p.plan.address.filter(|_| !p.address_present) {
         nl.add_address(p.link.index, addr).await?;
-        *address_added = true;
+        made.address = true;
         tunnel.flags |= TUNNEL_FLAG_ADDRESS_ADDED;
+        dp.set_tunnel(&tunnel)?;
+    }
+    // A gateway's forwarding path must obey the PMTU the data path learns (see forward_pmtu).
+    if ip_forwarding() && forward_pmtu::enable()? {
+        made.fwd_use_pmtu = true;
+        tunnel.flags |= TUNNEL_FLAG_FWD_USE_PMTU;
         dp.set_tunnel(&tunnel)?;
     }
     let mut routes = Vec::new();
@@ -324,7 +346,7 @@ async fn install(
         lans,
         local: Ipv4Addr::from(p.plan.tunnel.local),
         address: p.plan.address.map(|a| a.to_string()),
-        address_added: *address_added,
+        address_added: made.address,
         tunnel_mtu: p.plan.tunnel_mtu,
         peers: p.plan.peers.len(),
         routes,
@@ -405,8 +427,14 @@ async fn teardown(
     dir: &PinDir,
     ifindex: u32,
     added_address: Option<ipnet::Ipv4Net>,
+    release_fwd_pmtu: bool,
 ) -> Result<()> {
     let mut first_err = None;
+    if release_fwd_pmtu {
+        if let Err(e) = forward_pmtu::release(dir) {
+            first_err.get_or_insert(e);
+        }
+    }
     for r in nl.our_routes(ifindex).await? {
         if let Err(e) = nl.del_route(r).await {
             first_err.get_or_insert(anyhow::Error::new(e));
@@ -467,7 +495,14 @@ pub async fn detach(interface: &str) -> Result<Detached> {
         )
         .expect("prefix length was validated at attach")
     });
-    teardown(&nl, &dir, tunnel.ifindex, address).await?;
+    teardown(
+        &nl,
+        &dir,
+        tunnel.ifindex,
+        address,
+        tunnel.flags & TUNNEL_FLAG_FWD_USE_PMTU != 0,
+    )
+    .await?;
     Ok(Detached {
         interface: interface.to_string(),
         routes_removed,
@@ -484,7 +519,6 @@ pub fn is_stale(dir: &PinDir) -> bool {
     }
 }
 
-/// The tunnel settings of an attachment, from its pinned config map.
 /// How long learned path MTUs hold: this namespace's `net.ipv4.route.mtu_expires` (seconds),
 /// the lifetime of the kernel's own PMTU exceptions, so that both age out together.
 fn mtu_expires_s() -> u64 {
@@ -498,8 +532,23 @@ fn mtu_expires_s() -> u64 {
     }
 }
 
+/// The tunnel settings of an attachment, from its pinned config map.
 pub fn read_tunnel(dir: &PinDir) -> Result<TunnelConfig> {
     let data = MapData::from_pin(dir.map(MAP_CONFIG))?;
     let map: Array<MapData, TunnelConfig> = Array::try_from(aya::maps::Map::Array(data))?;
     Ok(map.get(&0, 0)?)
+}
+
+/// Sets or clears `TUNNEL_FLAG_*` bits in an attachment's pinned config map.
+pub fn set_tunnel_flags(dir: &PinDir, flags: u32, on: bool) -> Result<()> {
+    let data = MapData::from_pin(dir.map(MAP_CONFIG))?;
+    let mut map: Array<MapData, TunnelConfig> = Array::try_from(aya::maps::Map::Array(data))?;
+    let mut t = map.get(&0, 0)?;
+    if on {
+        t.flags |= flags;
+    } else {
+        t.flags &= !flags;
+    }
+    map.set(0, t, 0)?;
+    Ok(())
 }

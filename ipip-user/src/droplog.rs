@@ -3,26 +3,14 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use aya::{
-    maps::{Array, Map, MapData},
-    programs::ProgramInfo,
-};
-use ipip_common::{TunnelConfig, MAP_CONFIG, PROG_XDP_DECAP, TUNNEL_FLAG_LOG_DROPS};
+use aya::programs::ProgramInfo;
+use ipip_common::{PROG_XDP_DECAP, TUNNEL_FLAG_LOG_DROPS};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::pins::PinDir;
 
 fn set_flag(dir: &PinDir, on: bool) -> Result<()> {
-    let data = MapData::from_pin(dir.map(MAP_CONFIG))?;
-    let mut map: Array<MapData, TunnelConfig> = Array::try_from(Map::Array(data))?;
-    let mut t = map.get(&0, 0)?;
-    if on {
-        t.flags |= TUNNEL_FLAG_LOG_DROPS;
-    } else {
-        t.flags &= !TUNNEL_FLAG_LOG_DROPS;
-    }
-    map.set(0, t, 0)?;
-    Ok(())
+    crate::attach::set_tunnel_flags(dir, TUNNEL_FLAG_LOG_DROPS, on)
 }
 
 /// Streams drop descriptions until Ctrl-C or `duration` ends; logging is switched off again

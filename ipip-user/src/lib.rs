@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod droplog;
+pub mod forward_pmtu;
 pub mod netif;
 pub mod pins;
 pub mod plan;

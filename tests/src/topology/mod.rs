@@ -6,11 +6,13 @@ pub mod build;
 pub mod cluster;
 pub mod gateways;
 pub mod host;
+pub mod routed;
 
 pub use build::{veth, LanHost, Peer, PeersFile, TempDir, TunnelHost};
 pub use cluster::Cluster;
 pub use gateways::Gateways;
 pub use host::{peers_toml, HostToHost, Node, Underlay};
+pub use routed::Routed;
 
 /// The underlay interface's name in every §4 host namespace (the same name everywhere on
 /// purpose: pin paths must not collide).

@@ -1,0 +1,217 @@
+//! Path MTU across a routed underlay with a smaller hop (doolittle — r1 —MTU— r2 — calculon):
+//! what a real network does to a tunnel and a single veth never shows. With Linux's ipip the
+//! routers' ICMP "fragmentation needed" about the outer packets lowers the tunnel's PMTU and
+//! TCP through the tunnel adapts; without it, bulk TCP stalls (a PMTU black hole).
+
+use anyhow::{ensure, Context, Result};
+use ipip_tests::topology::build::wire_checksums;
+use ipip_tests::topology::Routed;
+use ipip_tests::traffic::{must_ping, tcp_transfer};
+use ipip_tests::{require_root, IpipUser, Node};
+
+const HOP_MTU: u32 = 1400;
+/// What both ends must learn: the hop's MTU less the outer header.
+const LEARNED: u64 = HOP_MTU as u64 - 20;
+const TRANSFER: usize = 2 * 1024 * 1024;
+
+fn attach(ipip: &IpipUser, n: &Node) -> Result<()> {
+    ipip.attach(&n.ns, n.iface, &n.peers)
+        .with_context(|| format!("attach on {}", n.name))?;
+    Ok(())
+}
+
+/// The peer's entry of `stats --json` on `n`.
+fn peer_entry(ipip: &IpipUser, n: &Node, peer: &str) -> Result<serde_json::Value> {
+    let v = ipip.stats(&n.ns)?;
+    v.as_array()
+        .and_then(|a| a.iter().find(|e| e["interface"] == n.iface))
+        .and_then(|e| e["peers"].as_array())
+        .and_then(|ps| ps.iter().find(|p| p["name"] == peer))
+        .cloned()
+        .with_context(|| format!("no peer {peer} in stats of {}: {v}", n.name))
+}
+
+/// `ip route get DST from SRC` on `n`: the kernel's view, PMTU exception included.
+fn route_get(n: &Node, dst: &str) -> Result<String> {
+    n.ns.exec(&["ip", "route", "get", dst, "from", &n.private.to_string()])
+}
+
+fn transfer_both_ways(pmtudisc: bool) -> Result<()> {
+    require_root()?;
+    let t = Routed::new(HOP_MTU, pmtudisc)?;
+    let ipip = IpipUser::new()?;
+    attach(&ipip, &t.doolittle)?;
+    attach(&ipip, &t.calculon)?;
+    must_ping(
+        &t.doolittle.ns,
+        t.calculon.private,
+        2,
+        "doolittle → calculon",
+    )?;
+
+    for (from, to, port) in [
+        (&t.doolittle, &t.calculon, 5201),
+        (&t.calculon, &t.doolittle, 5202),
+    ] {
+        let what = format!(
+            "{} MiB TCP {} → {} across a {HOP_MTU}-byte hop (pmtudisc {pmtudisc})",
+            TRANSFER >> 20,
+            from.name,
+            to.name
+        );
+        // Each direction learns on its own: forget what the other taught (the receiver's
+        // route would otherwise advertise the smaller MSS and spare the sender the lesson).
+        for n in [&t.doolittle, &t.calculon] {
+            n.ns.exec(&["ip", "route", "flush", "cache"])?;
+        }
+        let done = tcp_transfer(&from.ns, &to.ns, to.private, port, TRANSFER)
+            .with_context(|| format!("{what} stalled: PMTU black hole"))?;
+        ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
+        eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+
+        // The sender's ipip learned the path MTU from the router's ICMP, visibly ...
+        let peer = peer_entry(&ipip, from, to.name)?;
+        ensure!(
+            peer["learned_mtu"].as_u64() == Some(LEARNED),
+            "{}: stats --json should show learned_mtu {LEARNED} for {}: {peer}",
+            from.name,
+            to.name
+        );
+        let expires = peer["learned_mtu_expires_in_s"].as_u64().unwrap_or(0);
+        ensure!(
+            expires > 0 && expires <= 600,
+            "{}: learned MTU should expire within mtu_expires (600 s): {peer}",
+            from.name
+        );
+        ensure!(
+            ipip.reason(&from.ns, from.iface, "pmtu_learned")? >= 1,
+            "{}: no pmtu_learned counted",
+            from.name
+        );
+        // ... and the kernel's inner route to the far host carries it, as after
+        // tnl_update_pmtu: a PMTU exception that ages out like any other.
+        let route = route_get(from, &to.private.to_string())?;
+        ensure!(
+            route.contains(&format!("mtu {LEARNED}")) && route.contains("expires"),
+            "{}: the route to {} should carry the learned PMTU {LEARNED}: {route}",
+            from.name,
+            to.private
+        );
+    }
+    // Nothing was dropped on the way for want of an MTU (the kernel sized every packet).
+    for n in [&t.doolittle, &t.calculon] {
+        let too_big = ipip.reason(&n.ns, n.iface, "too_big")?;
+        eprintln!("{}: too_big {too_big}", n.name);
+    }
+    Ok(())
+}
+
+#[test]
+fn tcp_adapts_to_a_smaller_hop_with_pmtudisc() -> Result<()> {
+    transfer_both_ways(true)
+}
+
+#[test]
+fn tcp_adapts_to_a_smaller_hop_without_pmtudisc() -> Result<()> {
+    transfer_both_ways(false)
+}
+
+/// jill, behind gateway doolittle, sends bulk TCP to calculon through the tunnel. Nobody on
+/// doolittle has a socket to tell, so the kernel's forwarding path must learn the smaller
+/// MTU and answer jill with its own "fragmentation needed", as Linux's tnl_update_pmtu does.
+fn forwarded_transfer(pmtudisc: bool, fast_path: bool) -> Result<()> {
+    require_root()?;
+    let t = Routed::with_lan(HOP_MTU, pmtudisc)?;
+    let jill = t.jill.as_ref().context("the topology has jill")?;
+    let ipip = IpipUser::new()?;
+    let peers = t.doolittle.peers.display().to_string();
+    let mut args = vec!["attach", t.doolittle.iface, "--peers", &peers];
+    if fast_path {
+        // The fast path's veth conditions (see wire_checksums).
+        for ns in [&jill.ns, &t.doolittle.ns, &t.r1, &t.r2, &t.calculon.ns] {
+            wire_checksums(ns)?;
+        }
+        args.extend(["--lan", "lan0"]);
+    }
+    ipip.run(&t.doolittle.ns, &args)
+        .context("attach on doolittle")?;
+    attach(&ipip, &t.calculon)?;
+    must_ping(&jill.ns, t.calculon.private, 2, "jill → calculon")?;
+
+    let what = format!(
+        "{} MiB TCP jill → calculon through gateway doolittle across a {HOP_MTU}-byte hop \
+         (pmtudisc {pmtudisc}, fast path {fast_path})",
+        TRANSFER >> 20
+    );
+    let done = tcp_transfer(&jill.ns, &t.calculon.ns, t.calculon.private, 5203, TRANSFER)
+        .with_context(|| format!("{what} stalled: PMTU black hole"))?;
+    ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
+    eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+
+    let peer = peer_entry(&ipip, &t.doolittle, t.calculon.name)?;
+    ensure!(
+        peer["learned_mtu"].as_u64() == Some(LEARNED),
+        "doolittle: stats --json should show learned_mtu {LEARNED}: {peer}"
+    );
+    ensure!(
+        ipip.reason(&t.doolittle.ns, t.doolittle.iface, "pmtu_learned")? >= 1,
+        "doolittle: no pmtu_learned counted"
+    );
+    if fast_path {
+        // Too big for the learned MTU: the fast path hands off to the kernel, which answers.
+        ensure!(
+            ipip.reason_total(&t.doolittle.ns, "needs_fragmentation")? >= 1,
+            "doolittle: the fast path should have handed too-big packets to the kernel"
+        );
+    }
+    // The gateway's route toward calculon carries the PMTU ...
+    let route = route_get(&t.doolittle, &t.calculon.private.to_string())?;
+    ensure!(
+        route.contains(&format!("mtu {LEARNED}")),
+        "doolittle: the route to {} should carry the learned PMTU {LEARNED}: {route}",
+        t.calculon.private
+    );
+    // ... and jill was told by the gateway's kernel, in her own route cache.
+    let seen = jill
+        .ns
+        .exec(&["ip", "route", "get", &t.calculon.private.to_string()])?;
+    ensure!(
+        seen.contains(&format!("mtu {LEARNED}")),
+        "jill should have learned PMTU {LEARNED} toward {} from the gateway's ICMP: {seen}",
+        t.calculon.private
+    );
+    // Forwarding obeys it because attach asked the kernel to (ip_forward_use_pmtu, off by
+    // default); detach puts it back.
+    ensure!(
+        fwd_use_pmtu(&t.doolittle)? == "1",
+        "doolittle: attach on a gateway should turn net.ipv4.ip_forward_use_pmtu on"
+    );
+    ipip.detach(&t.doolittle.ns, t.doolittle.iface)?;
+    ensure!(
+        fwd_use_pmtu(&t.doolittle)? == "0",
+        "doolittle: detach should turn net.ipv4.ip_forward_use_pmtu off again"
+    );
+    Ok(())
+}
+
+fn fwd_use_pmtu(n: &Node) -> Result<String> {
+    Ok(n.ns
+        .exec(&["sysctl", "-n", "net.ipv4.ip_forward_use_pmtu"])?
+        .trim()
+        .to_string())
+}
+
+#[test]
+fn forwarded_tcp_adapts_on_the_kernel_path() -> Result<()> {
+    forwarded_transfer(true, false)
+}
+
+#[test]
+fn forwarded_tcp_adapts_on_the_kernel_path_without_pmtudisc() -> Result<()> {
+    forwarded_transfer(false, false)
+}
+
+#[test]
+fn forwarded_tcp_adapts_on_the_fast_path() -> Result<()> {
+    forwarded_transfer(true, true)
+}
