@@ -7,8 +7,9 @@
 pub enum Reason {
     /// Frame too short for the Ethernet + outer IPv4 headers it claims, or a bad outer header.
     DropMalformedOuter = 0,
-    /// Outer header is a fragment: the fast path cannot reassemble.
-    DropOuterFragment = 1,
+    /// Outer fragment of IPIP from a peer, held until its datagram is complete (not a loss:
+    /// the completed datagram is decapsulated and counted as received).
+    HeldOuterFragment = 1,
     /// IPIP addressed to our tunnel address from an address that is not a configured peer.
     DropUnknownPeer = 2,
     /// Inner header missing, truncated or not IPv4.
@@ -49,16 +50,28 @@ pub enum Reason {
     /// ICMP "fragmentation needed" about one of our outer packets that quotes too little of
     /// it to name the inner packet (RFC 792's 8 bytes): the MTU is learned, the message dropped.
     DropPmtuShortQuote = 19,
+    /// Outer fragments whose datagram did not complete within the reassembly timeout
+    /// (`net.ipv4.ipfrag_time`, 30 s): the held pieces are discarded.
+    DropFragTimeout = 20,
+    /// An outer fragment overlapping or repeating one already held: the datagram is dropped,
+    /// as Linux does since RFC 5722's reasoning applies to IPv4 too.
+    DropFragOverlap = 21,
+    /// An outer datagram in more pieces, or longer, than the reassembly bounds allow.
+    DropFragTooMany = 22,
+    /// An outer fragment larger than a reassembly slot holds (underlays above 1500 bytes).
+    DropFragTooBig = 23,
+    /// Outer datagrams put back together from their fragments (then decapsulated).
+    PassFragReassembled = 24,
 }
 
 /// Number of reasons; the size of the reasons map.
-pub const REASON_COUNT: u32 = 20;
+pub const REASON_COUNT: u32 = 25;
 
 impl Reason {
     /// All reasons in index order.
     pub const ALL: [Reason; REASON_COUNT as usize] = [
         Reason::DropMalformedOuter,
-        Reason::DropOuterFragment,
+        Reason::HeldOuterFragment,
         Reason::DropUnknownPeer,
         Reason::DropMalformedInner,
         Reason::DropSpoofedSource,
@@ -77,13 +90,18 @@ impl Reason {
         Reason::PassVlan,
         Reason::PassPmtuLearned,
         Reason::DropPmtuShortQuote,
+        Reason::DropFragTimeout,
+        Reason::DropFragOverlap,
+        Reason::DropFragTooMany,
+        Reason::DropFragTooBig,
+        Reason::PassFragReassembled,
     ];
 
     /// Stable snake_case name used in `stats`, JSON and metrics labels.
     pub const fn name(self) -> &'static str {
         match self {
             Reason::DropMalformedOuter => "malformed_outer",
-            Reason::DropOuterFragment => "outer_fragment",
+            Reason::HeldOuterFragment => "outer_fragment_held",
             Reason::DropUnknownPeer => "unknown_peer",
             Reason::DropMalformedInner => "malformed_inner",
             Reason::DropSpoofedSource => "spoofed_inner_source",
@@ -102,6 +120,11 @@ impl Reason {
             Reason::PassVlan => "vlan_tagged",
             Reason::PassPmtuLearned => "pmtu_learned",
             Reason::DropPmtuShortQuote => "pmtu_short_quote",
+            Reason::DropFragTimeout => "fragment_timeout",
+            Reason::DropFragOverlap => "fragment_overlap",
+            Reason::DropFragTooMany => "fragment_too_many",
+            Reason::DropFragTooBig => "fragment_too_big",
+            Reason::PassFragReassembled => "reassembled",
         }
     }
 
@@ -118,6 +141,8 @@ impl Reason {
                 | Reason::PassEgressNotFast
                 | Reason::PassVlan
                 | Reason::PassPmtuLearned
+                | Reason::HeldOuterFragment
+                | Reason::PassFragReassembled
         )
     }
 
@@ -127,8 +152,8 @@ impl Reason {
             Reason::DropMalformedOuter => {
                 "IPIP frame with a truncated or invalid outer IPv4 header"
             }
-            Reason::DropOuterFragment => {
-                "fragmented outer IPv4 packet (peer sent without DF over a smaller MTU)"
+            Reason::HeldOuterFragment => {
+                "outer fragment held for reassembly (peer sent without DF over a smaller MTU)"
             }
             Reason::DropUnknownPeer => {
                 "IPIP to our tunnel address from a source that is not a configured peer"
@@ -162,6 +187,11 @@ impl Reason {
             Reason::DropPmtuShortQuote => {
                 "ICMP fragmentation needed quoting too little to name the inner packet"
             }
+            Reason::DropFragTimeout => "outer datagram incomplete after the reassembly timeout",
+            Reason::DropFragOverlap => "outer fragment overlapping one already held",
+            Reason::DropFragTooMany => "outer datagram beyond the reassembly bounds",
+            Reason::DropFragTooBig => "outer fragment larger than a reassembly slot",
+            Reason::PassFragReassembled => "outer datagram reassembled from its fragments",
         }
     }
 }

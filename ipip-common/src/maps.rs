@@ -21,6 +21,25 @@ pub const MAP_PATHS: &str = "paths";
 pub const MAP_PEER_PMTU: &str = "peer_pmtu";
 /// Hash: ifindex of a LAN interface → its MAC, so the fast path only forwards frames sent to us.
 pub const MAP_LAN_MACS: &str = "lan_macs";
+/// LRU hash: [`FragKey`] → [`FragState`], outer datagrams being reassembled.
+pub const MAP_FRAGS: &str = "frags";
+/// LRU hash: [`FragPieceKey`] → [`FragPiece`], the held fragments' payloads.
+pub const MAP_FRAG_PIECES: &str = "frag_pieces";
+/// Per-CPU scratch [`FragPiece`]: too big for the BPF stack.
+pub const MAP_FRAG_SCRATCH: &str = "frag_scratch";
+/// Datagrams reassembled at once (older ones are evicted, and time out at their peer's TCP).
+pub const MAX_FRAG_DATAGRAMS: u32 = 128;
+/// Pieces per datagram: an outer packet of a 1500-byte tunnel MTU split at a 576-byte hop
+/// takes 3; 8 leaves room for smaller hops.
+pub const FRAG_MAX_PIECES: usize = 8;
+/// Largest fragment payload held: what a 1500-byte underlay carries.
+pub const FRAG_PIECE_MAX: usize = 1480;
+/// Size of a piece's buffer: a power of two above [`FRAG_PIECE_MAX`], so that a length masked
+/// with `FRAG_SLOT - 1` provably fits (what the verifier can follow).
+pub const FRAG_SLOT: usize = 2048;
+/// Reassembly timeout, as `net.ipv4.ipfrag_time`'s default.
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
 /// Device map (hash): the interfaces the XDP fast path may redirect to (underlay + LANs).
 pub const MAP_FWD_DEVS: &str = "fwd_devs";
 pub const MAX_FWD_DEVS: u32 = 64;
@@ -40,6 +59,63 @@ pub const TTL_INHERIT: u8 = 0;
 pub const PEER_FLAG_PMTUDISC: u32 = 1 << 0;
 /// Outer DSCP copied from the inner packet (Linux `tos inherit`); else `tos` is used as is.
 pub const PEER_FLAG_TOS_INHERIT: u32 = 1 << 1;
+
+/// Which datagram a fragment belongs to (RFC 791: source, destination, protocol, ID; the
+/// protocol is always IPIP here).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub id: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// A datagram being reassembled: where its pieces sit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragState {
+    /// `bpf_ktime_get_ns()` of its first fragment.
+    pub first_ns: u64,
+    /// Payload length once the last fragment (MF clear) has been seen, else 0.
+    pub total: u32,
+    /// Payload bytes held.
+    pub have: u32,
+    /// Pieces held (slots `0..pieces` of `off`/`len`, and of the pieces map).
+    pub pieces: u32,
+    /// The outer header fields of the first fragment (offset 0) the rebuilt header takes:
+    /// TOS and TTL; `has_first` once it arrived.
+    pub tos: u8,
+    pub ttl: u8,
+    pub has_first: u8,
+    pub _pad: u8,
+    pub off: [u16; FRAG_MAX_PIECES],
+    pub len: [u16; FRAG_MAX_PIECES],
+}
+
+const _: () = assert!(core::mem::size_of::<FragState>() == 56);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPieceKey {
+    pub datagram: FragKey,
+    pub index: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FragPieceKey>() == 16);
+
+/// One held fragment's payload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragPiece {
+    pub len: u32,
+    pub data: [u8; FRAG_SLOT],
+}
+
+const _: () = assert!(core::mem::size_of::<FragPiece>() == 4 + FRAG_SLOT);
+const _: () = assert!(FRAG_SLOT.is_power_of_two() && FRAG_SLOT > FRAG_PIECE_MAX);
 
 /// Key of the routes LPM trie: aya's `lpm_trie::Key` carries the prefix length, this is the data.
 pub type RouteKey = [u8; 4];

@@ -10,7 +10,7 @@
 //! The caller then removes the outer header (or rewrites the ICMP) in its own program type's
 //! way.
 
-use ipip_common::{PeerPmtu, Reason, IPPROTO_IPIP, OUTER_HEADER_LEN};
+use ipip_common::{FragKey, PeerPmtu, Reason, IPPROTO_IPIP, OUTER_HEADER_LEN};
 use ipip_ebpf::{
     checksum,
     ecn::{self, Decap},
@@ -25,8 +25,8 @@ use crate::{
     packet::{ref_mut_at, EthRaw, Packet, ETH_LEN, ETH_P_IP},
 };
 
-const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
-const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
+pub const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
+pub const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
 /// Where the IPv4 protocol byte sits.
 const IP_PROTO_OFF: usize = 9;
 /// Longest IPv4 header (IHL 15).
@@ -38,6 +38,22 @@ pub enum Ours {
     Ipip(Accepted),
     /// ICMP "fragmentation needed" about one of our outer packets: rewrite it.
     FragNeeded(FragNeeded),
+    /// An outer fragment of IPIP from a peer: hold it until its datagram is whole.
+    Fragment(Fragment),
+}
+
+/// One outer fragment of IPIP from a peer, as classification found it.
+pub struct Fragment {
+    pub key: FragKey,
+    /// Payload offset in bytes and payload length.
+    pub off: u32,
+    pub len: u32,
+    /// More fragments follow (MF).
+    pub more: bool,
+    /// Outer header length (the payload starts behind it).
+    pub hlen: usize,
+    pub tos: u8,
+    pub ttl: u8,
 }
 
 /// An accepted packet: whose it is, how long its parts are.
@@ -84,7 +100,7 @@ pub fn classify<C: Packet>(ctx: &C) -> Result<Ours, Error> {
     }
     let proto: &u8 = ref_mut_at(ctx, ETH_LEN + IP_PROTO_OFF).ok_or(Error::NotOurs)?;
     match *proto {
-        IPPROTO_IPIP => ipip(ctx).map(Ours::Ipip),
+        IPPROTO_IPIP => ipip(ctx),
         IPPROTO_ICMP => frag_needed(ctx).map(Ours::FragNeeded),
         _ => Err(Error::NotOurs),
     }
@@ -138,7 +154,7 @@ fn outer_header<C: Packet>(ctx: &C, outer: &Ipv4Hdr) -> Result<usize, Error> {
 }
 
 #[inline(always)]
-fn ipip<C: Packet>(ctx: &C) -> Result<Accepted, Error> {
+fn ipip<C: Packet>(ctx: &C) -> Result<Ours, Error> {
     // Protocol 4 but not even a whole IPv4 header: ip_rcv would drop it as well.
     let outer: &mut Ipv4Hdr =
         ref_mut_at(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropMalformedOuter))?;
@@ -148,12 +164,32 @@ fn ipip<C: Packet>(ctx: &C) -> Result<Accepted, Error> {
     if outer.dst_addr != config.local {
         return Err(Error::Pass(Reason::PassIpipNotLocal));
     }
-    if u16::from_be_bytes(outer.frags) & (IP_MF | IP_OFFSET) != 0 {
-        return Err(Error::Drop(Reason::DropOuterFragment));
-    }
     // SAFETY: the value is a u32 written only by the loader; a torn read is impossible.
     let peer = *unsafe { PEER_BY_REMOTE.get(outer.src_addr) }
         .ok_or(Error::Drop(Reason::DropUnknownPeer))?;
+    let frags = u16::from_be_bytes(outer.frags);
+    if frags & (IP_MF | IP_OFFSET) != 0 {
+        let len = (outer_len - outer_hlen) as u32;
+        let more = frags & IP_MF != 0;
+        // Every piece but the last carries a multiple of 8 bytes (RFC 791).
+        if more && !len.is_multiple_of(8) {
+            return Err(Error::Drop(Reason::DropMalformedOuter));
+        }
+        return Ok(Ours::Fragment(Fragment {
+            key: FragKey {
+                src: outer.src_addr,
+                dst: outer.dst_addr,
+                id: outer.id,
+                _pad: [0; 2],
+            },
+            off: (frags & IP_OFFSET) as u32 * 8,
+            len,
+            more,
+            hlen: outer_hlen,
+            tos: outer.tos,
+            ttl: outer.ttl,
+        }));
+    }
     let outer_tos = outer.tos;
 
     // The verifier knows outer_hlen is 20..=60, so this offset stays bounded.
@@ -185,12 +221,12 @@ fn ipip<C: Packet>(ctx: &C) -> Result<Accepted, Error> {
         }
     }
 
-    Ok(Accepted {
+    Ok(Ours::Ipip(Accepted {
         peer,
         inner_len,
         outer_hlen,
         tunnel_flags: config.flags,
-    })
+    }))
 }
 
 /// ICMP "fragmentation needed" to our local address that quotes one of our outer packets to a

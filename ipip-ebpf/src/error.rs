@@ -11,6 +11,8 @@ pub enum Error {
     Drop(Reason),
     /// Ours but left to the kernel: pass and count under this reason.
     Pass(Reason),
+    /// Ours and kept (a fragment held for reassembly): consumed, counted, not a loss.
+    Held(Reason),
 }
 
 /// The fate of a packet, independent of the program type's return codes.
@@ -18,6 +20,8 @@ pub enum Error {
 pub enum Verdict {
     Pass,
     Drop,
+    /// Consumed by the program (kept for later), not dropped.
+    Stolen,
 }
 
 impl Error {
@@ -28,6 +32,7 @@ impl Error {
             Error::NotOurs => (Verdict::Pass, None),
             Error::Drop(r) => (Verdict::Drop, Some(r)),
             Error::Pass(r) => (Verdict::Pass, Some(r)),
+            Error::Held(r) => (Verdict::Stolen, Some(r)),
         }
     }
 }
@@ -46,6 +51,10 @@ mod tests {
         assert_eq!(
             Error::Pass(Reason::PassIpipNotLocal).verdict(),
             (Verdict::Pass, Some(Reason::PassIpipNotLocal))
+        );
+        assert_eq!(
+            Error::Held(Reason::HeldOuterFragment).verdict(),
+            (Verdict::Stolen, Some(Reason::HeldOuterFragment))
         );
     }
 }

@@ -4,12 +4,13 @@ use aya_ebpf::{
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, DevMapHash, HashMap, PerCpuArray,
+        Array, DevMapHash, HashMap, LruHashMap, PerCpuArray,
     },
 };
 use ipip_common::{
-    PeerConfig, PeerCounters, PeerName, PeerPmtu, Reason, RouteKey, TunnelConfig, MAX_FWD_DEVS,
-    MAX_PEERS, MAX_ROUTES, PATH_COUNT, REASON_COUNT,
+    FragKey, FragPiece, FragPieceKey, FragState, PeerConfig, PeerCounters, PeerName, PeerPmtu,
+    Reason, RouteKey, TunnelConfig, FRAG_MAX_PIECES, MAX_FRAG_DATAGRAMS, MAX_FWD_DEVS, MAX_PEERS,
+    MAX_ROUTES, PATH_COUNT, REASON_COUNT,
 };
 use ipip_ebpf::error::Error;
 
@@ -43,6 +44,20 @@ pub static PATHS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PATH_COUNT, 0
 /// Learned path MTU per peer: written by the decapsulators (ICMP), read by the encapsulators.
 #[map(name = "peer_pmtu")]
 pub static PEER_PMTU: Array<PeerPmtu> = Array::with_max_entries(MAX_PEERS, 0);
+
+/// Outer datagrams being reassembled (see reassembly).
+#[map(name = "frags")]
+pub static FRAGS: LruHashMap<FragKey, FragState> =
+    LruHashMap::with_max_entries(MAX_FRAG_DATAGRAMS, 0);
+
+/// Their held pieces.
+#[map(name = "frag_pieces")]
+pub static FRAG_PIECES: LruHashMap<FragPieceKey, FragPiece> =
+    LruHashMap::with_max_entries(MAX_FRAG_DATAGRAMS * FRAG_MAX_PIECES as u32, 0);
+
+/// One piece's worth of per-CPU scratch space: too big for the BPF stack.
+#[map(name = "frag_scratch")]
+pub static FRAG_SCRATCH: PerCpuArray<FragPiece> = PerCpuArray::with_max_entries(1, 0);
 
 /// LAN interface ifindex → its MAC: the fast path forwards only frames addressed to it.
 #[map(name = "lan_macs")]

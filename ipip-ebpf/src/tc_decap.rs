@@ -1,6 +1,9 @@
 //! TC ingress on the underlay: the same decapsulation as XDP, for hosts that terminate bulk
 //! TCP. It sees GRO-merged packets, so the stack above keeps large packets (an XDP program on
 //! a veth turns GSO off on its peer).
+//!
+//! It is attached with XDP decapsulation too, for what XDP can't do: reassembling outer
+//! fragments (which XDP passes up). In that mode everything else here is XDP's business.
 
 use aya_ebpf::{
     bindings::{
@@ -10,13 +13,21 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ipip_common::{Path, Reason, IPPROTO_IPIP, OUTER_HEADER_LEN};
-use ipip_ebpf::{error::Error, pmtu::IPPROTO_ICMP};
+use ipip_common::{Path, Reason, IPPROTO_IPIP, OUTER_HEADER_LEN, TUNNEL_FLAG_DECAP_TC};
+use ipip_ebpf::{
+    error::Error,
+    outer::{IP_MF, IP_OFFSET},
+    pmtu::IPPROTO_ICMP,
+};
 
 use crate::{
-    decap::{classify, FragNeeded, Ours, FN_IP, FN_QUOTED_INNER, MAX_IP_HLEN},
+    decap::{
+        classify, Accepted, FragNeeded, Ours, ETH_P_8021AD, ETH_P_8021Q, FN_IP, FN_QUOTED_INNER,
+        MAX_IP_HLEN,
+    },
+    maps::CONFIG,
     packet::{ETH_LEN, ETH_P_IP},
-    stats, verdict,
+    reassembly, stats, verdict,
 };
 
 #[classifier]
@@ -30,16 +41,34 @@ fn try_decap(ctx: &TcContext) -> Result<(), Error> {
     // anything: traffic that isn't ours is never pulled, so never dropped by a failed pull.
     let ether_type: [u8; 2] = ctx.load(12).map_err(|_| Error::NotOurs)?;
     if ether_type != ETH_P_IP {
+        // A tag still in the frame (QinQ, or a device that doesn't strip it): the shared
+        // check counts tagged IPIP and passes it, as on XDP.
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            return match classify(ctx) {
+                Err(e) => Err(e),
+                Ok(_) => Err(Error::NotOurs),
+            };
+        }
         return Err(Error::NotOurs);
     }
     let proto: u8 = ctx.load(ETH_LEN + 9).map_err(|_| Error::NotOurs)?;
+    let decap_here = CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & TUNNEL_FLAG_DECAP_TC != 0);
+    if !decap_here {
+        // XDP decapsulates; only outer fragments, which it passes up, are left for us.
+        let frags: [u8; 2] = ctx.load(ETH_LEN + 6).map_err(|_| Error::NotOurs)?;
+        if proto != IPPROTO_IPIP || u16::from_be_bytes(frags) & (IP_MF | IP_OFFSET) == 0 {
+            return Err(Error::NotOurs);
+        }
+    }
     let wanted = match proto {
         IPPROTO_IPIP => ETH_LEN + MAX_IP_HLEN + OUTER_HEADER_LEN,
         IPPROTO_ICMP => FN_QUOTED_INNER + ipip_ebpf::pmtu::QUOTE_LEN,
         _ => return Err(Error::NotOurs),
     };
     // SAFETY: reading a plain integer field of our own __sk_buff.
-    if proto == IPPROTO_IPIP && unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+    if decap_here && proto == IPPROTO_IPIP && unsafe { (*ctx.skb.skb).vlan_present } != 0 {
         // The tag was taken off into the skb's metadata before TC: IPIP of a VLAN is the
         // VLAN device's (as on XDP, where the tag is still in the frame).
         return Err(Error::Pass(Reason::PassVlan));
@@ -51,21 +80,39 @@ fn try_decap(ctx: &TcContext) -> Result<(), Error> {
             .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
     }
     match classify(ctx)? {
-        Ours::Ipip(accepted) => {
-            ctx.adjust_room(
-                -((accepted.outer_hlen & 0x3c) as i32),
-                BPF_ADJ_ROOM_MAC,
-                (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64,
-            )
-            .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
-            stats::count_rx(accepted.peer, accepted.inner_len as u64);
-            stats::count_path(Path::DecapKernel);
+        Ours::Fragment(f) => {
+            if !reassembly::add(ctx, &f)? {
+                return Err(Error::Held(Reason::HeldOuterFragment));
+            }
+            // The whole datagram is in the skb now: classify it again, as one packet.
+            let want = (wanted as u32).min(ctx.len());
+            ctx.pull_data(want)
+                .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
+            match classify(ctx)? {
+                Ours::Ipip(accepted) => decap(ctx, &accepted),
+                _ => Err(Error::Drop(Reason::DropMalformedOuter)),
+            }
         }
+        _ if !decap_here => Err(Error::NotOurs),
+        Ours::Ipip(accepted) => decap(ctx, &accepted),
         Ours::FragNeeded(f) => {
             rewrite_frag_needed(ctx, &f)?;
             stats::count_reason(Reason::PassPmtuLearned);
+            Ok(())
         }
     }
+}
+
+#[inline(always)]
+fn decap(ctx: &TcContext, accepted: &Accepted) -> Result<(), Error> {
+    ctx.adjust_room(
+        -((accepted.outer_hlen & 0x3c) as i32),
+        BPF_ADJ_ROOM_MAC,
+        (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64,
+    )
+    .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
+    stats::count_rx(accepted.peer, accepted.inner_len as u64);
+    stats::count_path(Path::DecapKernel);
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! for) described.
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_STOLEN},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -31,7 +31,8 @@ pub fn xdp(ctx: &XdpContext, hook: &str, result: Result<u32, Error>) -> u32 {
         Ok(action) => action,
         Err(e) => match account(ctx, hook, e) {
             Verdict::Pass => xdp_action::XDP_PASS,
-            Verdict::Drop => xdp_action::XDP_DROP,
+            // XDP never holds packets; should it ever, they are gone from here.
+            Verdict::Drop | Verdict::Stolen => xdp_action::XDP_DROP,
         },
     }
 }
@@ -43,6 +44,8 @@ pub fn tc(ctx: &TcContext, hook: &str, result: Result<(), Error>) -> i32 {
         Err(e) => match account(ctx, hook, e) {
             Verdict::Pass => TC_ACT_OK,
             Verdict::Drop => TC_ACT_SHOT,
+            // Freed by the stack without counting a drop: the program kept what it needs.
+            Verdict::Stolen => TC_ACT_STOLEN,
         },
     }
 }

@@ -31,6 +31,8 @@ fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
             stats::count_reason(Reason::PassPmtuLearned);
             Ok(xdp_action::XDP_PASS)
         }
+        // Reassembly needs an skb: TC ingress (always attached) holds and counts it.
+        Ours::Fragment(_) => Ok(xdp_action::XDP_PASS),
     }
 }
 

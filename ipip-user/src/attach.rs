@@ -286,12 +286,14 @@ async fn install(
             attach_xdp_to(dp.xdp()?, &p.link, mode, &p.dir.link(LINK_XDP))?
         ),
         DecapHook::Tc => {
-            attach_tc(dp.tc_decap()?, p, TcAttachType::Ingress, LINK_TC_INGRESS)?;
             tunnel.flags |= TUNNEL_FLAG_DECAP_TC;
             dp.set_tunnel(&tunnel)?;
             "tc".to_string()
         }
     };
+    // TC ingress runs with either hook: it decapsulates with `--decap tc`, and reassembles
+    // outer fragments (which XDP passes up) in both cases.
+    attach_tc(dp.tc_decap()?, p, TcAttachType::Ingress, LINK_TC_INGRESS)?;
     attach_tc(dp.tc()?, p, TcAttachType::Egress, LINK_TC_EGRESS)?;
     let mut lans = Vec::new();
     if !p.lans.is_empty() {
@@ -353,7 +355,8 @@ async fn install(
     })
 }
 
-/// Pin names of the links: exactly one decap link (XDP or TC ingress) and the egress link.
+/// Pin names of the links: XDP (with `--decap xdp`), TC ingress (always: decapsulation with
+/// `--decap tc`, reassembly of outer fragments either way) and TC egress.
 pub const LINK_XDP: &str = "xdp";
 pub const LINK_TC_INGRESS: &str = "tc_ingress";
 pub const LINK_TC_EGRESS: &str = "tc_egress";

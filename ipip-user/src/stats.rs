@@ -207,7 +207,11 @@ pub fn render(s: &Snapshot, rates: Option<(&Sample, &Sample)>) -> String {
     let _ = writeln!(o, "  drops and hand-offs to the kernel:");
     for r in Reason::ALL {
         let n = s.reasons.get(r.name()).copied().unwrap_or(0);
-        let kind = if r.is_drop() { "drop" } else { "pass" };
+        let kind = match r {
+            Reason::HeldOuterFragment => "held",
+            _ if r.is_drop() => "drop",
+            _ => "pass",
+        };
         let _ = writeln!(o, "    {:<22} {:>12}  {kind}: {}", r.name(), n, r.help());
     }
     o

@@ -34,12 +34,13 @@ pub async fn collect() -> Result<Vec<Status>> {
     let nl = Netlink::open()?;
     let mut out = Vec::new();
     for dir in PinDir::list()? {
-        let decap_link = dir.link(LINK_XDP).exists() || dir.link(LINK_TC_INGRESS).exists();
+        // TC ingress is always linked (it reassembles fragments); XDP only with `--decap xdp`.
+        let decap_link = dir.link(LINK_TC_INGRESS).exists();
         let encap_link = dir.link(LINK_TC_EGRESS).exists();
-        let decap = if dir.link(LINK_TC_INGRESS).exists() {
-            "tc"
-        } else {
+        let decap = if dir.link(LINK_XDP).exists() {
             "xdp"
+        } else {
+            "tc"
         };
         let (state, ifindex, local, address, peers, routes) = match read_tunnel(&dir) {
             Err(e) => (

@@ -6,17 +6,19 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
 
+use aya::maps::Array;
 use aya::{
     maps::PerCpuArray,
     programs::{ProgramError, TestRun, TestRunOptions},
 };
 use etherparse::{
-    ArpEthIpv4Packet, ArpOperation, EtherType, Ethernet2Header, IpDscp, IpEcn, IpFragOffset,
-    IpHeaders, IpNumber, Ipv4Header, PacketBuilder,
+    ArpEthIpv4Packet, ArpOperation, EtherType, Ethernet2Header, Icmpv4Slice, Icmpv4Type, IpDscp,
+    IpEcn, IpFragOffset, IpHeaders, IpNumber, Ipv4Header, PacketBuilder, SingleVlanHeader, VlanId,
+    VlanPcp,
 };
 use ipip_common::{
-    Path as DataPath, PeerCounters, Reason, MAP_PATHS, MAP_PEER_STATS, MAP_REASONS, PATH_COUNT,
-    REASON_COUNT,
+    Path as DataPath, PeerCounters, PeerPmtu, Reason, MAP_PATHS, MAP_PEER_PMTU, MAP_PEER_STATS,
+    MAP_REASONS, PATH_COUNT, REASON_COUNT,
 };
 use ipip_user::{
     config::PeersFile,
@@ -29,6 +31,7 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_REDIRECT: u32 = 4;
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_STOLEN: u32 = 4;
 
 /// Destination and source MAC of every test frame.
 pub const MAC_DST: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
@@ -63,6 +66,9 @@ pub fn datapath_with(toml: &str, local: [u8; 4], adjust: impl FnOnce(&mut Plan))
             local: Ipv4Addr::from(local),
         },
     );
+    // TC ingress decapsulates here (as with `attach --decap tc`); with the flag clear it only
+    // reassembles fragments for XDP. XDP decapsulates either way.
+    plan.tunnel.flags |= ipip_common::TUNNEL_FLAG_DECAP_TC;
     adjust(&mut plan);
     let mut dp = Datapath::load().unwrap_or_else(|e| {
         panic!("packet tests need root (BPF_PROG_TEST_RUN); loading the data path failed: {e}")
@@ -263,6 +269,62 @@ pub fn ipip(outer: &V4, inner: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An IPIP packet without the Ethernet header: outer header (`outer`, protocol 4) + `inner`.
+pub fn ipip_packet(outer: &V4, inner: &[u8]) -> Vec<u8> {
+    ipip(outer, inner)[14..].to_vec()
+}
+
+/// An Ethernet frame with one 802.1Q (`tpid` 0x8100) or 802.1ad (0x88a8) tag of VLAN
+/// `vlan_id` after the MACs, then `ether_type` and `payload`.
+pub fn eth_vlan(tpid: EtherType, vlan_id: u16, ether_type: EtherType, payload: &[u8]) -> Vec<u8> {
+    let tag = SingleVlanHeader {
+        pcp: VlanPcp::ZERO,
+        drop_eligible_indicator: false,
+        vlan_id: VlanId::try_new(vlan_id).unwrap(),
+        ether_type,
+    };
+    let mut out = eth(tpid, &tag.to_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An ICMP message of type `icmp_type` with `payload` (for errors: the quote) in IPv4 (`ip`)
+/// in an Ethernet frame; lengths and both checksums computed by etherparse.
+pub fn eth_icmp(ip: &V4, icmp_type: Icmpv4Type, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_SRC, MAC_DST)
+        .ip(ip_headers(ip))
+        .icmpv4(icmp_type)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// An ICMP "fragmentation needed" (type 3 code 4) with next-hop MTU `mtu` quoting `quote`.
+pub fn frag_needed(ip: &V4, mtu: u16, quote: &[u8]) -> Vec<u8> {
+    eth_icmp(
+        ip,
+        Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+        ),
+        quote,
+    )
+}
+
+/// A bare ICMP echo reply from `src` to `dst` as an IPv4 packet of 28 bytes: IPv4 {tos 0, id 0,
+/// no flags, ttl 64}, ICMP {id 0, seq 0}; what the decapsulators quote for forwarded traffic
+/// in a "fragmentation needed" they hand inward.
+pub fn echo_reply_quote(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let v4 = V4::new(src, dst).id(0).df(false).ttl(64);
+    let mut out = Vec::new();
+    PacketBuilder::ip(ip_headers(&v4))
+        .icmpv4_echo_reply(0, 0)
+        .write(&mut out, &[])
+        .unwrap();
+    assert_eq!(out.len(), 28);
+    out
+}
+
 /// An IPIP frame whose outer total length is `tot_len` whatever the real length (checksum
 /// still valid), for truncation cases.
 pub fn ipip_with_tot_len(outer: &V4, tot_len: u16, inner: &[u8]) -> Vec<u8> {
@@ -283,6 +345,21 @@ pub fn assert_ipv4_checksum(what: &str, packet: &[u8]) -> Result<(), String> {
             "{what}: IPv4 header checksum {:#06x}, etherparse computes {:#06x}",
             h.header_checksum,
             h.calc_header_checksum()
+        ));
+    }
+    Ok(())
+}
+
+/// Asserts that the ICMP message `icmp` (header and everything after it) has a valid checksum
+/// (etherparse).
+pub fn assert_icmpv4_checksum(what: &str, icmp: &[u8]) -> Result<(), String> {
+    let msg = Icmpv4Slice::from_slice(icmp)
+        .map_err(|e| format!("{what}: etherparse cannot parse the ICMP message: {e}"))?;
+    let want = msg.header().icmp_type.calc_checksum(msg.payload());
+    if msg.checksum() != want {
+        return Err(format!(
+            "{what}: ICMP checksum {:#06x}, etherparse computes {want:#06x}",
+            msg.checksum()
         ));
     }
     Ok(())
@@ -324,6 +401,14 @@ impl Hook {
         match self {
             Hook::Xdp => XDP_PASS,
             Hook::Tc => TC_ACT_OK,
+        }
+    }
+
+    /// The return code for "kept by the program" (a fragment held for reassembly).
+    pub fn stolen(self) -> u32 {
+        match self {
+            Hook::Xdp => XDP_DROP,
+            Hook::Tc => TC_ACT_STOLEN,
         }
     }
 
@@ -409,6 +494,25 @@ pub fn counters(dp: &Datapath, peers: u32) -> Counters {
         })
         .collect();
     Counters { reasons, peers }
+}
+
+/// The `peer_pmtu` slot of peer `peer`: what the decapsulators learned from ICMP.
+pub fn peer_pmtu(dp: &Datapath, peer: u32) -> PeerPmtu {
+    let map: Array<_, PeerPmtu> =
+        Array::try_from(dp.ebpf.map(MAP_PEER_PMTU).expect("peer_pmtu map")).unwrap();
+    map.get(&peer, 0).unwrap()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Every path counter, summed over all CPUs, in [`DataPath`] index order.
