@@ -80,6 +80,16 @@ pub fn tunnel_mtu(idx: u32, peer: &PeerConfig) -> u16 {
     }
 }
 
+/// XDP_REDIRECT to `ifindex` through the fast path's device map. The FIB answer was checked
+/// against the map already; should the entry have gone since (a detach racing), the
+/// rewritten packet is dropped and counted, never aborted.
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> Result<u32, Error> {
+    FWD_DEVS
+        .redirect(ifindex, 0)
+        .map_err(|_| Error::Drop(Reason::DropHelperFailed))
+}
+
 /// The peer that `dst` is routed to, or `NotOurs` when no route covers it.
 #[inline(always)]
 pub fn route_to(dst: [u8; 4]) -> Result<(u32, &'static PeerConfig), Error> {

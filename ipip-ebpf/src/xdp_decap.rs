@@ -12,7 +12,7 @@ use crate::{
         classify, Accepted, FragNeeded, Ours, FN_ICMP, FN_IP, FN_QUOTED_INNER, FN_QUOTED_OUTER,
     },
     fib::{self, Fib},
-    maps::FWD_DEVS,
+    maps::redirect,
     packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
@@ -145,11 +145,8 @@ fn forward_fast(
         proto: ETH_P_IP,
     };
     adjust_head(ctx, hlen as i32)?;
+    let action = redirect(ifindex)?;
     stats::count_rx(peer, inner_len as u64);
     stats::count_path(Path::DecapFast);
-    Ok(Some(
-        FWD_DEVS
-            .redirect(ifindex, 0)
-            .unwrap_or(xdp_action::XDP_ABORTED),
-    ))
+    Ok(Some(action))
 }

@@ -4,9 +4,7 @@
 //! Whatever can't be finished here goes to the kernel unchanged and counted; the kernel path
 //! (routes + TC egress) then does the same job.
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
 use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
 use ipip_ebpf::{
     error::Error,
@@ -17,7 +15,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     fib::{self, Fib},
-    maps::{route_to, tunnel_mtu, CONFIG, FWD_DEVS, LAN_MACS},
+    maps::{redirect, route_to, tunnel_mtu, CONFIG, LAN_MACS},
     packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
@@ -126,9 +124,8 @@ fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
     let outer_hdr: &mut [u8; OUTER_HEADER_LEN] =
         ref_mut_at(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropHelperFailed))?;
     *outer_hdr = header;
+    let action = redirect(ifindex)?;
     stats::count_tx(peer_idx, 1, inner_len as u64);
     stats::count_path(Path::EncapFast);
-    Ok(FWD_DEVS
-        .redirect(ifindex, 0)
-        .unwrap_or(xdp_action::XDP_ABORTED))
+    Ok(action)
 }

@@ -101,7 +101,9 @@ impl HostToHost {
     }
 }
 
-fn node(
+/// A §4-style host: `underlay`/24 on [`IFACE`], 10.0.`subnet`.1/32 on `lo`, its peers file
+/// named after it in `dir`.
+pub(super) fn node(
     ns: Netns,
     name: &'static str,
     underlay: [u8; 4],

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 
 use super::build::{add_addr, default_via, forwarding, link, LanHost, TempDir};
-use super::host::{peers_toml, Node};
+use super::host::{node, peers_toml, Node};
 use super::IFACE;
 use crate::netns::Netns;
 
@@ -128,6 +128,7 @@ impl Routed {
     }
 }
 
+/// A tunnel host of the line: a §4 host whose default route points at its router.
 fn host(
     ns: Netns,
     name: &'static str,
@@ -136,18 +137,7 @@ fn host(
     subnet: u8,
     dir: &TempDir,
 ) -> Result<Node> {
-    let underlay = Ipv4Addr::from(underlay);
-    let private = Ipv4Addr::new(10, 0, subnet, 1);
-    add_addr(&ns, IFACE, underlay, 24)?;
-    ns.exec(&["ip", "addr", "add", &format!("{private}/32"), "dev", "lo"])?;
-    default_via(&ns, Ipv4Addr::from(gateway))?;
-    Ok(Node {
-        name,
-        ns,
-        iface: IFACE,
-        underlay,
-        private,
-        prefix: format!("10.0.{subnet}.0/24"),
-        peers: dir.0.join(format!("{name}.toml")),
-    })
+    let n = node(ns, name, underlay, subnet, dir)?;
+    default_via(&n.ns, Ipv4Addr::from(gateway))?;
+    Ok(n)
 }
