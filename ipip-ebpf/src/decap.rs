@@ -21,8 +21,8 @@ use ipip_ebpf::{
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    maps::{CONFIG, PEERS, PEER_BY_REMOTE, PEER_PMTU, ROUTES},
-    packet::{ref_mut_at, EthRaw, Packet, ETH_LEN, ETH_P_IP},
+    maps::{peer_by_remote, pmtu_slot, CONFIG, PEERS, ROUTES},
+    packet::{kernel, EthRaw, Frame, Packet, ETH_LEN, ETH_P_IP},
 };
 
 pub const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
@@ -90,18 +90,20 @@ pub struct FragNeeded {
 /// Classifies an Ethernet frame. `Err(NotOurs)` for everything that isn't IPIP or an ICMP
 /// error about our IPIP; on `Ok(Ipip)` the inner header is final (ECN applied).
 #[inline(always)]
-pub fn classify<C: Packet>(ctx: &C) -> Result<Ours, Error> {
-    let eth: &EthRaw = ref_mut_at(ctx, 0).ok_or(Error::NotOurs)?;
-    if eth.proto == ETH_P_8021Q || eth.proto == ETH_P_8021AD {
-        return vlan(ctx);
+pub fn classify<C: Packet>(frame: &mut Frame<C>) -> Result<Ours, Error> {
+    let eth_proto = frame.get::<EthRaw>(0).ok_or(Error::NotOurs)?.proto;
+    if eth_proto == ETH_P_8021Q || eth_proto == ETH_P_8021AD {
+        return vlan(frame);
     }
-    if eth.proto != ETH_P_IP {
+    if eth_proto != ETH_P_IP {
         return Err(Error::NotOurs);
     }
-    let proto: &u8 = ref_mut_at(ctx, ETH_LEN + IP_PROTO_OFF).ok_or(Error::NotOurs)?;
-    match *proto {
-        IPPROTO_IPIP => ipip(ctx),
-        IPPROTO_ICMP => frag_needed(ctx).map(Ours::FragNeeded),
+    match *frame
+        .get::<u8>(ETH_LEN + IP_PROTO_OFF)
+        .ok_or(Error::NotOurs)?
+    {
+        IPPROTO_IPIP => ipip(frame),
+        IPPROTO_ICMP => frag_needed(frame).map(Ours::FragNeeded),
         _ => Err(Error::NotOurs),
     }
 }
@@ -109,13 +111,13 @@ pub fn classify<C: Packet>(ctx: &C) -> Result<Ours, Error> {
 /// IPIP in an 802.1Q/802.1ad tag: not decapsulated on the underlay (the kernel, or a VLAN
 /// device on it, owns tagged traffic), but counted so that a tagged peer is noticed.
 #[inline(always)]
-fn vlan<C: Packet>(ctx: &C) -> Result<Ours, Error> {
+fn vlan<C: Packet>(frame: &Frame<C>) -> Result<Ours, Error> {
     const TAG: usize = 4;
-    let inner_type: &[u8; 2] = ref_mut_at(ctx, ETH_LEN + TAG - 2).ok_or(Error::NotOurs)?;
+    let inner_type: &[u8; 2] = frame.get(ETH_LEN + TAG - 2).ok_or(Error::NotOurs)?;
     if *inner_type != ETH_P_IP {
         return Err(Error::NotOurs);
     }
-    match ref_mut_at::<u8>(ctx, ETH_LEN + TAG + IP_PROTO_OFF) {
+    match frame.get::<u8>(ETH_LEN + TAG + IP_PROTO_OFF) {
         Some(p) if *p == IPPROTO_IPIP => Err(Error::Pass(Reason::PassVlan)),
         _ => Err(Error::NotOurs),
     }
@@ -125,17 +127,17 @@ fn vlan<C: Packet>(ctx: &C) -> Result<Ours, Error> {
 /// frame, total length covering the header and inside the frame, checksum right. Returns the
 /// header length.
 #[inline(always)]
-fn outer_header<C: Packet>(ctx: &C, outer: &Ipv4Hdr) -> Result<usize, Error> {
+fn outer_header<C: Packet>(frame: &Frame<C>, outer: &Ipv4Hdr) -> Result<usize, Error> {
     let malformed = Error::Drop(Reason::DropMalformedOuter);
     if outer.vihl >> 4 != 4 || outer.vihl & 0xf < 5 {
         return Err(malformed);
     }
     let hlen = ((outer.vihl & 0xf) as usize) * 4;
     let tot_len = u16::from_be_bytes(outer.tot_len) as usize;
-    if tot_len < hlen || ETH_LEN + tot_len > ctx.len() {
+    if tot_len < hlen || ETH_LEN + tot_len > frame.len() {
         return Err(malformed);
     }
-    let fixed: &[u8; OUTER_HEADER_LEN] = ref_mut_at(ctx, ETH_LEN).ok_or(malformed)?;
+    let fixed: &[u8; OUTER_HEADER_LEN] = frame.get(ETH_LEN).ok_or(malformed)?;
     let mut sum = checksum::add_words(0, fixed);
     // Options, one 32-bit word at a time (at most 10).
     let mut off = OUTER_HEADER_LEN;
@@ -143,7 +145,7 @@ fn outer_header<C: Packet>(ctx: &C, outer: &Ipv4Hdr) -> Result<usize, Error> {
         if off >= hlen {
             break;
         }
-        let word: &[u8; 4] = ref_mut_at(ctx, ETH_LEN + off).ok_or(malformed)?;
+        let word: &[u8; 4] = frame.get(ETH_LEN + off).ok_or(malformed)?;
         sum = checksum::add_words(sum, word);
         off += 4;
     }
@@ -153,20 +155,35 @@ fn outer_header<C: Packet>(ctx: &C, outer: &Ipv4Hdr) -> Result<usize, Error> {
     Ok(hlen)
 }
 
+/// An outer header that passed: whose packet it is and what decapsulation needs of it.
+struct Outer {
+    peer: u32,
+    hlen: usize,
+    len: usize,
+    tos: u8,
+    tunnel_flags: u32,
+}
+
+enum Checked {
+    Whole(Outer),
+    Fragment(Fragment),
+}
+
+/// The outer header's checks; the header is only borrowed here (registers, not stack, carry
+/// what the caller needs on).
 #[inline(always)]
-fn ipip<C: Packet>(ctx: &C) -> Result<Ours, Error> {
+fn check_outer<C: Packet>(frame: &Frame<C>) -> Result<Checked, Error> {
     // Protocol 4 but not even a whole IPv4 header: ip_rcv would drop it as well.
-    let outer: &mut Ipv4Hdr =
-        ref_mut_at(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropMalformedOuter))?;
-    let outer_hlen = outer_header(ctx, outer)?;
+    let outer: &Ipv4Hdr = frame
+        .get(ETH_LEN)
+        .ok_or(Error::Drop(Reason::DropMalformedOuter))?;
+    let outer_hlen = outer_header(frame, outer)?;
     let outer_len = u16::from_be_bytes(outer.tot_len) as usize;
     let config = CONFIG.get(0).ok_or(Error::NotOurs)?;
     if outer.dst_addr != config.local {
         return Err(Error::Pass(Reason::PassIpipNotLocal));
     }
-    // SAFETY: the value is a u32 written only by the loader; a torn read is impossible.
-    let peer = *unsafe { PEER_BY_REMOTE.get(outer.src_addr) }
-        .ok_or(Error::Drop(Reason::DropUnknownPeer))?;
+    let peer = peer_by_remote(outer.src_addr).ok_or(Error::Drop(Reason::DropUnknownPeer))?;
     let frags = u16::from_be_bytes(outer.frags);
     if frags & (IP_MF | IP_OFFSET) != 0 {
         let len = (outer_len - outer_hlen) as u32;
@@ -175,7 +192,7 @@ fn ipip<C: Packet>(ctx: &C) -> Result<Ours, Error> {
         if more && !len.is_multiple_of(8) {
             return Err(Error::Drop(Reason::DropMalformedOuter));
         }
-        return Ok(Ours::Fragment(Fragment {
+        return Ok(Checked::Fragment(Fragment {
             key: FragKey {
                 src: outer.src_addr,
                 dst: outer.dst_addr,
@@ -190,10 +207,31 @@ fn ipip<C: Packet>(ctx: &C) -> Result<Ours, Error> {
             ttl: outer.ttl,
         }));
     }
-    let outer_tos = outer.tos;
+    Ok(Checked::Whole(Outer {
+        peer,
+        hlen: outer_hlen,
+        len: outer_len,
+        tos: outer.tos,
+        tunnel_flags: config.flags,
+    }))
+}
+
+#[inline(always)]
+fn ipip<C: Packet>(frame: &mut Frame<C>) -> Result<Ours, Error> {
+    let Outer {
+        peer,
+        hlen: outer_hlen,
+        len: outer_len,
+        tos: outer_tos,
+        tunnel_flags,
+    } = match check_outer(frame)? {
+        Checked::Whole(o) => o,
+        Checked::Fragment(f) => return Ok(Ours::Fragment(f)),
+    };
 
     // The verifier knows outer_hlen is 20..=60, so this offset stays bounded.
-    let inner: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN + (outer_hlen & 0x3c))
+    let inner: &mut Ipv4Hdr = frame
+        .get_mut(ETH_LEN + (outer_hlen & 0x3c))
         .ok_or(Error::Drop(Reason::DropMalformedInner))?;
     let inner_len = u16::from_be_bytes(inner.tot_len) as usize;
     if inner.vihl >> 4 != 4
@@ -225,7 +263,7 @@ fn ipip<C: Packet>(ctx: &C) -> Result<Ours, Error> {
         peer,
         inner_len,
         outer_hlen,
-        tunnel_flags: config.flags,
+        tunnel_flags,
     }))
 }
 
@@ -233,31 +271,28 @@ fn ipip<C: Packet>(ctx: &C) -> Result<Ours, Error> {
 /// peer: learn the peer's path MTU and prepare the message's rewrite. Any other ICMP is not
 /// ours.
 #[inline(always)]
-fn frag_needed<C: Packet>(ctx: &C) -> Result<FragNeeded, Error> {
-    let ip: &Ipv4Hdr = ref_mut_at(ctx, FN_IP).ok_or(Error::NotOurs)?;
-    let icmp: &[u8; 8] = ref_mut_at(ctx, FN_ICMP).ok_or(Error::NotOurs)?;
+fn frag_needed<C: Packet>(frame: &Frame<C>) -> Result<FragNeeded, Error> {
+    let ip: &Ipv4Hdr = frame.get(FN_IP).ok_or(Error::NotOurs)?;
+    let icmp: &[u8; 8] = frame.get(FN_ICMP).ok_or(Error::NotOurs)?;
     if ip.vihl != 0x45 || icmp[0] != ICMP_DEST_UNREACH || icmp[1] != ICMP_FRAG_NEEDED {
         return Err(Error::NotOurs);
     }
     let config = CONFIG.get(0).ok_or(Error::NotOurs)?;
-    let quoted: &[u8; OUTER_HEADER_LEN] = ref_mut_at(ctx, FN_QUOTED_OUTER).ok_or(Error::NotOurs)?;
+    let quoted: &[u8; OUTER_HEADER_LEN] = frame.get(FN_QUOTED_OUTER).ok_or(Error::NotOurs)?;
     if ip.dst_addr != config.local || !pmtu::is_our_outer(quoted, config.local) {
         return Err(Error::NotOurs);
     }
     let remote = [quoted[16], quoted[17], quoted[18], quoted[19]];
-    // SAFETY: as in `ipip`.
-    let Some(&peer) = (unsafe { PEER_BY_REMOTE.get(remote) }) else {
-        return Err(Error::NotOurs);
-    };
+    let peer = peer_by_remote(remote).ok_or(Error::NotOurs)?;
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if ETH_LEN + tot_len > ctx.len() || tot_len < FN_QUOTED_INNER - ETH_LEN {
+    if ETH_LEN + tot_len > frame.len() || tot_len < FN_QUOTED_INNER - ETH_LEN {
         return Err(Error::Drop(Reason::DropMalformedOuter));
     }
     let reported = u16::from_be_bytes([icmp[6], icmp[7]]);
     let mtu = learn(peer, reported, config.pmtu_expires_ns);
 
     // The kernel needs the inner header and 8 bytes after it to act on the message.
-    let inner: &[u8; QUOTE_LEN] = match ref_mut_at::<[u8; QUOTE_LEN]>(ctx, FN_QUOTED_INNER) {
+    let inner: &[u8; QUOTE_LEN] = match frame.get::<[u8; QUOTE_LEN]>(FN_QUOTED_INNER) {
         Some(q) if tot_len >= FN_QUOTED_INNER - ETH_LEN + QUOTE_LEN && q[0] == 0x45 => q,
         _ => return Err(Error::Drop(Reason::DropPmtuShortQuote)),
     };
@@ -309,14 +344,10 @@ fn frag_needed<C: Packet>(ctx: &C) -> Result<FragNeeded, Error> {
 #[inline(always)]
 fn learn(peer: u32, reported: u16, expires_ns: u64) -> u16 {
     let configured = PEERS.get(peer).map(|p| p.mtu).unwrap_or(0);
-    // SAFETY: helper without arguments.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    let Some(slot) = PEER_PMTU.get_ptr_mut(peer) else {
+    let now = kernel::now_ns();
+    let Some(cur) = pmtu_slot(peer) else {
         return configured;
     };
-    // SAFETY: an array slot of our own map; a concurrent writer on another CPU writes the
-    // same kind of value, and the last one wins, as with the kernel's PMTU exceptions.
-    let cur = unsafe { &mut *slot };
     let current = cur.effective(configured, now);
     match pmtu::learn(reported, current) {
         Some(mtu) => {

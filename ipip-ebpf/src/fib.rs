@@ -6,13 +6,11 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
         BPF_FIB_LOOKUP_SKIP_NEIGH,
     },
-    helpers::bpf_fib_lookup,
     programs::XdpContext,
-    EbpfContext as _,
 };
 use ipip_common::Reason;
 
-use crate::maps::FWD_DEVS;
+use crate::{maps::FWD_DEVS, packet::Frame};
 
 const AF_INET: u8 = 2;
 
@@ -44,7 +42,7 @@ pub enum Mode {
 /// Looks up `src → dst` for a packet of `tot_len` bytes with `tos`, in `mode` on `ifindex`.
 #[inline(always)]
 pub fn lookup(
-    ctx: &XdpContext,
+    frame: &Frame<XdpContext>,
     src: [u8; 4],
     dst: [u8; 4],
     tos: u8,
@@ -52,27 +50,22 @@ pub fn lookup(
     ifindex: u32,
     mode: Mode,
 ) -> Fib {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.ifindex = ifindex;
-    p.__bindgen_anon_1.tot_len = tot_len;
-    p.__bindgen_anon_2.tos = tos;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
-    // SAFETY: `p` lives on our stack for the duration of the call; its size is passed along.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            match mode {
-                Mode::Input => 0,
-                Mode::InputRoute => BPF_FIB_LOOKUP_SKIP_NEIGH,
-                Mode::Output => BPF_FIB_LOOKUP_OUTPUT,
-            },
-        )
+    let flags = match mode {
+        Mode::Input => 0,
+        Mode::InputRoute => BPF_FIB_LOOKUP_SKIP_NEIGH,
+        Mode::Output => BPF_FIB_LOOKUP_OUTPUT,
     };
+    let (rc, p) = frame.fib_lookup(
+        |p: &mut FibParams| {
+            p.family = AF_INET;
+            p.ifindex = ifindex;
+            p.__bindgen_anon_1.tot_len = tot_len;
+            p.__bindgen_anon_2.tos = tos;
+            p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+        },
+        flags,
+    );
     if rc < 0 {
         return Fib::Kernel(Reason::PassFibNoRoute);
     }

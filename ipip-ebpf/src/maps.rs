@@ -67,15 +67,59 @@ pub static LAN_MACS: HashMap<u32, [u8; 6]> = HashMap::with_max_entries(MAX_FWD_D
 #[map(name = "fwd_devs")]
 pub static FWD_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_FWD_DEVS, 0);
 
+/// The peer whose remote underlay address is `remote`.
+#[inline(always)]
+pub fn peer_by_remote(remote: [u8; 4]) -> Option<u32> {
+    // SAFETY: a u32 written only by the loader; a torn read is impossible.
+    unsafe { PEER_BY_REMOTE.get(remote) }.copied()
+}
+
+/// The MAC of LAN interface `ifindex`, if it runs the fast path.
+#[inline(always)]
+pub fn lan_mac(ifindex: u32) -> Option<[u8; 6]> {
+    // SAFETY: a 6-byte value written only by the loader.
+    unsafe { LAN_MACS.get(ifindex) }.copied()
+}
+
+/// `peer`'s learned-PMTU slot. Concurrent writers on other CPUs write the same kind of value
+/// and the last one wins, as with the kernel's PMTU exceptions.
+#[inline(always)]
+pub fn pmtu_slot(peer: u32) -> Option<&'static mut PeerPmtu> {
+    // SAFETY: an array slot of our own map, alive as long as the program; see above for
+    // concurrent writers (plain integers, no invariant spans fields).
+    PEER_PMTU.get_ptr_mut(peer).map(|p| unsafe { &mut *p })
+}
+
+/// The datagram in reassembly under `key`. Two CPUs holding pieces of one datagram at the
+/// same instant may lose one of them (it then times out): fragments of a datagram share their
+/// addresses, so RSS keeps them on one CPU.
+#[inline(always)]
+pub fn frag_state(key: FragKey) -> Option<&'static mut FragState> {
+    // SAFETY: our own map's value, valid until deleted, which only this program does after
+    // its last use here; see above for concurrency.
+    FRAGS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// This CPU's scratch piece.
+#[inline(always)]
+pub fn frag_scratch() -> Option<&'static mut FragPiece> {
+    // SAFETY: per-CPU slot, used by nothing else while this program runs on this CPU.
+    FRAG_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// A held piece.
+#[inline(always)]
+pub fn frag_piece(key: FragPieceKey) -> Option<&'static FragPiece> {
+    // SAFETY: read-only use of our own map's value, before the caller deletes it.
+    unsafe { FRAG_PIECES.get(key) }
+}
+
 /// The tunnel MTU toward `peer` now: the configured one, or a lower one learned from ICMP and
 /// not yet expired.
 #[inline(always)]
 pub fn tunnel_mtu(idx: u32, peer: &PeerConfig) -> u16 {
     match PEER_PMTU.get(idx) {
-        Some(p) if p.mtu != 0 => {
-            // SAFETY: helper without arguments.
-            p.effective(peer.mtu, unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() })
-        }
+        Some(p) if p.mtu != 0 => p.effective(peer.mtu, crate::packet::kernel::now_ns()),
         _ => peer.mtu,
     }
 }

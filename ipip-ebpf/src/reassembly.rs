@@ -9,11 +9,7 @@
 //! or repeated pieces discard the datagram. Only IPIP to our local address from a configured
 //! peer is held; the inner source is checked once the datagram is whole.
 
-use aya_ebpf::{
-    bindings::BPF_F_RECOMPUTE_CSUM,
-    helpers::{bpf_ktime_get_ns, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, programs::TcContext};
 use ipip_common::{
     FragKey, FragPieceKey, FragState, Reason, FRAG_MAX_PIECES, FRAG_PIECE_MAX, FRAG_SLOT,
     FRAG_TIMEOUT_NS, IPPROTO_IPIP, OUTER_HEADER_LEN,
@@ -22,24 +18,25 @@ use ipip_ebpf::{checksum, error::Error};
 
 use crate::{
     decap::Fragment,
-    maps::{FRAGS, FRAG_PIECES, FRAG_SCRATCH},
-    packet::ETH_LEN,
+    maps::{frag_piece, frag_scratch, frag_state, FRAGS, FRAG_PIECES},
+    packet::{kernel, Frame, ETH_LEN},
     stats,
 };
 
 /// Holds `f`. `Ok(true)`: it completed its datagram, which is now rebuilt in this skb as one
 /// unfragmented outer packet (classify it again); `Ok(false)`: held, the skb is consumed.
-#[inline(always)]
-pub fn add(ctx: &TcContext, f: &Fragment) -> Result<bool, Error> {
+///
+/// A function of its own in the object (a BPF-to-BPF call): its locals stay off the
+/// program's stack, which the drop log's call also needs room on.
+#[inline(never)]
+pub fn add(frame: &mut Frame<TcContext>, f: &Fragment) -> Result<bool, Error> {
     if f.len as usize > FRAG_PIECE_MAX {
         forget(&f.key);
         return Err(Error::Drop(Reason::DropFragTooBig));
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let state = match FRAGS.get_ptr_mut(f.key) {
-        // SAFETY: a value of our own map; see the module note on concurrency below.
-        Some(s) if now.wrapping_sub(unsafe { (*s).first_ns }) <= FRAG_TIMEOUT_NS => s,
+    let now = kernel::now_ns();
+    let s = match frag_state(f.key) {
+        Some(s) if now.wrapping_sub(s.first_ns) <= FRAG_TIMEOUT_NS => s,
         found => {
             if found.is_some() {
                 stats::count_reason(Reason::DropFragTimeout);
@@ -52,15 +49,9 @@ pub fn add(ctx: &TcContext, f: &Fragment) -> Result<bool, Error> {
             FRAGS
                 .insert(f.key, fresh, 0)
                 .map_err(|_| Error::Drop(Reason::DropFragTooMany))?;
-            FRAGS
-                .get_ptr_mut(f.key)
-                .ok_or(Error::Drop(Reason::DropFragTooMany))?
+            frag_state(f.key).ok_or(Error::Drop(Reason::DropFragTooMany))?
         }
     };
-    // SAFETY: our map's value, live while we hold no other reference to it. Two CPUs holding
-    // pieces of one datagram at the same instant may lose one of them (the datagram then
-    // times out): fragments of a datagram share their addresses, so RSS keeps them on one CPU.
-    let s = unsafe { &mut *state };
     let pieces = s.pieces as usize;
     if pieces >= FRAG_MAX_PIECES || f.off + f.len > u16::MAX as u32 - OUTER_HEADER_LEN as u32 {
         forget(&f.key);
@@ -82,27 +73,11 @@ pub fn add(ctx: &TcContext, f: &Fragment) -> Result<bool, Error> {
     }
 
     // The payload goes through a per-CPU scratch slot: it is too big for the BPF stack.
-    let scratch = FRAG_SCRATCH
-        .get_ptr_mut(0)
-        .ok_or(Error::Drop(Reason::DropHelperFailed))?;
-    // SAFETY: per-CPU slot, used by nothing else while this program runs on this CPU.
-    let scratch = unsafe { &mut *scratch };
+    let scratch = frag_scratch().ok_or(Error::Drop(Reason::DropHelperFailed))?;
     let len = (f.len as usize).min(FRAG_PIECE_MAX);
     if len > 0 {
-        // SAFETY: `len` (1..=FRAG_PIECE_MAX) bytes fit the scratch slot's data; the helper
-        // bounds-checks the skb side. (aya's load_bytes re-derives a length the verifier
-        // can't prove non-zero.)
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb as *const _,
-                (ETH_LEN + (f.hlen & 0x3c)) as u32,
-                scratch.data.as_mut_ptr() as *mut _,
-                slot_len(len),
-            )
-        };
-        if rc != 0 {
-            return Err(Error::Drop(Reason::DropMalformedOuter));
-        }
+        // aya's load_bytes re-derives a length the verifier can't prove non-zero.
+        frame.load_into(ETH_LEN + (f.hlen & 0x3c), &mut scratch.data, slot_len(len))?;
     }
     scratch.len = len as u32;
     let idx = pieces & (FRAG_MAX_PIECES - 1);
@@ -133,8 +108,7 @@ pub fn add(ctx: &TcContext, f: &Fragment) -> Result<bool, Error> {
     if s.total == 0 || s.have != s.total || s.has_first == 0 {
         return Ok(false);
     }
-    let done = *s;
-    rebuild(ctx, &f.key, &done)?;
+    rebuild(frame, &f.key, s)?;
     stats::count_reason(Reason::PassFragReassembled);
     Ok(true)
 }
@@ -143,22 +117,20 @@ pub fn add(ctx: &TcContext, f: &Fragment) -> Result<bool, Error> {
 /// dropped with the fragments' headers; decapsulation strips the header anyway), then every
 /// piece at its offset. The held state goes either way.
 #[inline(always)]
-fn rebuild(ctx: &TcContext, key: &FragKey, s: &FragState) -> Result<(), Error> {
-    let result = write_datagram(ctx, key, s);
+fn rebuild(frame: &mut Frame<TcContext>, key: &FragKey, s: &FragState) -> Result<(), Error> {
+    let result = write_datagram(frame, key, s);
     forget_pieces(key, s.pieces as usize);
     let _ = FRAGS.remove(key);
     result
 }
 
 #[inline(always)]
-fn write_datagram(ctx: &TcContext, key: &FragKey, s: &FragState) -> Result<(), Error> {
-    let too_big = Error::Drop(Reason::DropFragTooMany);
+fn write_datagram(frame: &mut Frame<TcContext>, key: &FragKey, s: &FragState) -> Result<(), Error> {
     let tot_len = (OUTER_HEADER_LEN as u32 + s.total) as u16;
-    // SAFETY: helper on our own skb; no packet pointer is held across it.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_LEN as u32) + tot_len as u32, 0) } != 0 {
-        // Longer than this interface can carry.
-        return Err(too_big);
-    }
+    // Fails when longer than this interface can carry.
+    frame
+        .change_tail((ETH_LEN as u32) + tot_len as u32)
+        .map_err(|_| Error::Drop(Reason::DropFragTooMany))?;
     let [l0, l1] = tot_len.to_be_bytes();
     let mut header = [
         0x45,
@@ -185,9 +157,7 @@ fn write_datagram(ctx: &TcContext, key: &FragKey, s: &FragState) -> Result<(), E
     let [c0, c1] = checksum::finish(checksum::add_words(0, &header)).to_be_bytes();
     header[10] = c0;
     header[11] = c1;
-    let failed = |_| Error::Drop(Reason::DropHelperFailed);
-    ctx.store(ETH_LEN, &header, BPF_F_RECOMPUTE_CSUM as u64)
-        .map_err(failed)?;
+    frame.store(ETH_LEN, &header, BPF_F_RECOMPUTE_CSUM as u64)?;
     for i in 0..FRAG_MAX_PIECES {
         if i >= s.pieces as usize {
             break;
@@ -197,25 +167,11 @@ fn write_datagram(ctx: &TcContext, key: &FragKey, s: &FragState) -> Result<(), E
             datagram: *key,
             index: i as u32,
         };
-        // SAFETY: read-only use of our own map's value.
-        let piece = unsafe { FRAG_PIECES.get(pk) }.ok_or(Error::Drop(Reason::DropFragTimeout))?;
+        let piece = frag_piece(pk).ok_or(Error::Drop(Reason::DropFragTimeout))?;
         let len = (piece.len as usize).min(FRAG_PIECE_MAX);
         if len > 0 {
             let at = ETH_LEN + OUTER_HEADER_LEN + off as usize;
-            // SAFETY: `len` bytes of the piece's data are readable (len ≤ its size); the
-            // helper bounds-checks the skb side itself.
-            let rc = unsafe {
-                bpf_skb_store_bytes(
-                    ctx.skb.skb,
-                    at as u32,
-                    piece.data.as_ptr() as *const _,
-                    slot_len(len),
-                    BPF_F_RECOMPUTE_CSUM as u64,
-                )
-            };
-            if rc != 0 {
-                return Err(Error::Drop(Reason::DropHelperFailed));
-            }
+            frame.store_from(at, &piece.data, slot_len(len), BPF_F_RECOMPUTE_CSUM as u64)?;
         }
     }
     Ok(())
@@ -231,8 +187,7 @@ fn slot_len(len: usize) -> u32 {
 /// Discards a datagram in progress and its pieces.
 #[inline(always)]
 fn forget(key: &FragKey) {
-    // SAFETY: read of our own map's value.
-    if let Some(s) = unsafe { FRAGS.get(key) } {
+    if let Some(s) = frag_state(*key) {
         forget_pieces(key, s.pieces as usize);
     }
     let _ = FRAGS.remove(key);

@@ -7,7 +7,6 @@ use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
-    helpers::bpf_get_prandom_u32,
     macros::classifier,
     programs::TcContext,
 };
@@ -20,40 +19,39 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     maps::route_to,
-    packet::{ref_mut_at, ETH_LEN, ETH_P_IP},
+    packet::{kernel, Frame, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
 
 #[classifier]
 pub fn ipip_tc_encap(ctx: TcContext) -> i32 {
-    verdict::tc(&ctx, "tc-egress", try_encap(&ctx))
+    let mut frame = Frame::new(ctx);
+    let result = try_encap(&mut frame);
+    verdict::tc(&frame, "tc-egress", result)
 }
 
 #[inline(always)]
-fn try_encap(ctx: &TcContext) -> Result<(), Error> {
+fn try_encap(frame: &mut Frame<TcContext>) -> Result<(), Error> {
     // Classify from the skb before touching anything: only a routed packet is ever pulled,
     // and a failed pull of someone else's packet would drop it.
-    let ether_type: [u8; 2] = ctx.load(12).map_err(|_| Error::NotOurs)?;
+    let ether_type: [u8; 2] = frame.load(12).ok_or(Error::NotOurs)?;
     if ether_type != ETH_P_IP {
         return Err(Error::NotOurs);
     }
-    let dst: [u8; 4] = ctx.load(ETH_LEN + 16).map_err(|_| Error::NotOurs)?;
+    let dst: [u8; 4] = frame.load(ETH_LEN + 16).ok_or(Error::NotOurs)?;
     let (peer_idx, peer) = route_to(dst)?;
-    let ip = match ref_mut_at::<Ipv4Hdr>(ctx, ETH_LEN) {
-        Some(ip) => ip,
-        None => {
-            // Header not in the linear area (rare on egress): pull it in, or refuse to send
-            // it unencapsulated.
-            ctx.pull_data((ETH_LEN + 20) as u32)
-                .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
-            ref_mut_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropHelperFailed))?
-        }
-    };
-    // SAFETY: reading plain integer fields of our own __sk_buff.
-    let (gso_segs, gso_size) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
+    if frame.linear_len() < ETH_LEN + 20 {
+        // Header not in the linear area (rare on egress): pull it in, or refuse to send it
+        // unencapsulated.
+        frame.pull((ETH_LEN + 20) as u32)?;
+    }
+    let ip: Ipv4Hdr = *frame
+        .get::<Ipv4Hdr>(ETH_LEN)
+        .ok_or(Error::Drop(Reason::DropHelperFailed))?;
+    let (gso_segs, gso_size) = frame.gso();
     // Like Linux (ip_local_out sets tot_len from skb->len), the outer length follows the
     // packet's real length, not what the inner header claims; GSO rewrites it per segment.
-    let inner_len = ctx.len().saturating_sub(ETH_LEN as u32);
+    let inner_len = (frame.len() as u32).saturating_sub(ETH_LEN as u32);
     // Only the configured MTU is enforced here. A learned, lower one is the kernel's to apply
     // per inner destination (it was told, see pmtu); a packet for a destination it hasn't
     // heard of yet goes out and the underlay's ICMP teaches it, where a drop here would
@@ -67,20 +65,14 @@ fn try_encap(ctx: &TcContext) -> Result<(), Error> {
         frag_off: u16::from_be_bytes(ip.frags),
         tot_len: inner_len.min(u16::MAX as u32) as u16,
     };
-    // RFC 6864: any ID is fine for atomic datagrams; a random one also serves non-DF ones.
-    // SAFETY: helper without arguments.
-    let id = unsafe { bpf_get_prandom_u32() } as u16;
-    let header = outer::build(peer, inner, id);
+    let header = outer::build(peer, inner, kernel::random_id());
 
-    ctx.adjust_room(
+    frame.adjust_room(
         OUTER_HEADER_LEN as i32,
         BPF_ADJ_ROOM_MAC,
         (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4) as u64,
-    )
-    .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
-    // Packet pointers are stale now; write the outer header through the store helper.
-    ctx.store(ETH_LEN, &header, 0)
-        .map_err(|_| Error::Drop(Reason::DropHelperFailed))?;
+    )?;
+    frame.store(ETH_LEN, &header, 0)?;
     stats::count_tx(peer_idx, gso_segs.max(1) as u64, inner_len as u64);
     stats::count_path(Path::EncapKernel);
     Ok(())

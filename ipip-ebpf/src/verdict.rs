@@ -4,17 +4,16 @@
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_STOLEN},
     programs::{TcContext, XdpContext},
-    EbpfContext,
 };
 use ipip_ebpf::error::{Error, Verdict};
 
 use crate::{
-    packet::{Packet, ETH_LEN},
+    packet::{Frame, Packet, ETH_LEN},
     stats, trace,
 };
 
 #[inline(always)]
-fn account<C: EbpfContext + Packet>(ctx: &C, hook: &str, e: Error) -> Verdict {
+fn account<C: Packet>(ctx: &Frame<C>, hook: &str, e: Error) -> Verdict {
     let (verdict, reason) = e.verdict();
     if let Some(r) = reason {
         stats::count_reason(r);
@@ -26,7 +25,7 @@ fn account<C: EbpfContext + Packet>(ctx: &C, hook: &str, e: Error) -> Verdict {
 }
 
 #[inline(always)]
-pub fn xdp(ctx: &XdpContext, hook: &str, result: Result<u32, Error>) -> u32 {
+pub fn xdp(ctx: &Frame<XdpContext>, hook: &str, result: Result<u32, Error>) -> u32 {
     match result {
         Ok(action) => action,
         Err(e) => match account(ctx, hook, e) {
@@ -38,7 +37,7 @@ pub fn xdp(ctx: &XdpContext, hook: &str, result: Result<u32, Error>) -> u32 {
 }
 
 #[inline(always)]
-pub fn tc(ctx: &TcContext, hook: &str, result: Result<(), Error>) -> i32 {
+pub fn tc(ctx: &Frame<TcContext>, hook: &str, result: Result<(), Error>) -> i32 {
     match result {
         Ok(()) => TC_ACT_OK,
         Err(e) => match account(ctx, hook, e) {

@@ -13,21 +13,23 @@ use crate::{
     },
     fib::{self, Fib},
     maps::redirect,
-    packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
+    packet::{EthRaw, Frame, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
 
 #[xdp]
 pub fn ipip_xdp_decap(ctx: XdpContext) -> u32 {
-    verdict::xdp(&ctx, "xdp", try_decap(&ctx))
+    let mut frame = Frame::new(ctx);
+    let result = try_decap(&mut frame);
+    verdict::xdp(&frame, "xdp", result)
 }
 
 #[inline(always)]
-fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
-    match classify(ctx)? {
-        Ours::Ipip(accepted) => decap(ctx, accepted),
+fn try_decap(frame: &mut Frame<XdpContext>) -> Result<u32, Error> {
+    match classify(frame)? {
+        Ours::Ipip(accepted) => decap(frame, accepted),
         Ours::FragNeeded(f) => {
-            rewrite_frag_needed(ctx, &f)?;
+            rewrite_frag_needed(frame, &f)?;
             stats::count_reason(Reason::PassPmtuLearned);
             Ok(xdp_action::XDP_PASS)
         }
@@ -37,53 +39,43 @@ fn try_decap(ctx: &XdpContext) -> Result<u32, Error> {
 }
 
 #[inline(always)]
-fn decap(ctx: &XdpContext, accepted: Accepted) -> Result<u32, Error> {
+fn decap(frame: &mut Frame<XdpContext>, accepted: Accepted) -> Result<u32, Error> {
     // 20..=60, and the verifier is told so.
     let hlen = accepted.outer_hlen & 0x3c;
     if accepted.tunnel_flags & TUNNEL_FLAG_FAST_PATH != 0 {
-        if let Some(action) = forward_fast(ctx, accepted.peer, accepted.inner_len, hlen)? {
+        if let Some(action) = forward_fast(frame, accepted.peer, accepted.inner_len, hlen)? {
             return Ok(action);
         }
     }
     // Slide the Ethernet header forward over the outer IPv4 header (options included), then
     // drop what is in front of it. The EtherType (IPv4) stays valid for the inner packet.
-    let mac: EthRaw = *ref_mut_at::<EthRaw>(ctx, 0).ok_or(Error::NotOurs)?;
-    let moved: &mut EthRaw = ref_mut_at(ctx, hlen).ok_or(Error::NotOurs)?;
-    *moved = mac;
-    adjust_head(ctx, hlen as i32)?;
-    // Every packet pointer is stale from here on; nothing below touches the packet.
+    let mac: EthRaw = *frame.get::<EthRaw>(0).ok_or(Error::NotOurs)?;
+    *frame.get_mut::<EthRaw>(hlen).ok_or(Error::NotOurs)? = mac;
+    frame.adjust_head(hlen as i32)?;
     stats::count_rx(accepted.peer, accepted.inner_len as u64);
     stats::count_path(Path::DecapKernel);
     Ok(xdp_action::XDP_PASS)
-}
-
-#[inline(always)]
-fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), Error> {
-    // SAFETY: plain helper call on our own context.
-    let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, delta) };
-    if rc != 0 {
-        return Err(Error::Drop(Reason::DropHelperFailed));
-    }
-    Ok(())
 }
 
 /// Turns an ICMP "fragmentation needed" about our outer packet into one about the inner
 /// packet (see [`FragNeeded`]): everything in front of the quoted outer header moves 20 bytes
 /// forward over it, with the new ICMP header and IP length, and the head follows.
 #[inline(always)]
-fn rewrite_frag_needed(ctx: &XdpContext, f: &FragNeeded) -> Result<(), Error> {
+fn rewrite_frag_needed(frame: &mut Frame<XdpContext>, f: &FragNeeded) -> Result<(), Error> {
     let failed = Error::Drop(Reason::DropHelperFailed);
     if let Some(q) = &f.quote {
-        let at: &mut [u8; QUOTE_LEN] = ref_mut_at(ctx, FN_QUOTED_INNER).ok_or(failed)?;
-        *at = *q;
+        *frame
+            .get_mut::<[u8; QUOTE_LEN]>(FN_QUOTED_INNER)
+            .ok_or(failed)? = *q;
     }
-    let mut head: [u8; FN_QUOTED_OUTER] = *ref_mut_at(ctx, 0).ok_or(failed)?;
+    let mut head: [u8; FN_QUOTED_OUTER] = *frame.get(0).ok_or(failed)?;
     head[FN_IP + 2..FN_IP + 4].copy_from_slice(&f.ip_len);
     head[FN_IP + 10..FN_IP + 12].copy_from_slice(&f.ip_check);
     head[FN_ICMP..FN_QUOTED_OUTER].copy_from_slice(&f.icmp);
-    let moved: &mut [u8; FN_QUOTED_OUTER] = ref_mut_at(ctx, OUTER_HEADER_LEN).ok_or(failed)?;
-    *moved = head;
-    adjust_head(ctx, OUTER_HEADER_LEN as i32)
+    *frame
+        .get_mut::<[u8; FN_QUOTED_OUTER]>(OUTER_HEADER_LEN)
+        .ok_or(failed)? = head;
+    frame.adjust_head(OUTER_HEADER_LEN as i32)
 }
 
 /// The decapsulating half of the fast path (called only when it is on): an accepted packet in
@@ -92,26 +84,32 @@ fn rewrite_frag_needed(ctx: &XdpContext, f: &FragNeeded) -> Result<(), Error> {
 /// it could have been forwarded but wasn't).
 #[inline(always)]
 fn forward_fast(
-    ctx: &XdpContext,
+    frame: &mut Frame<XdpContext>,
     peer: u32,
     inner_len: usize,
     hlen: usize,
 ) -> Result<Option<u32>, Error> {
-    let inner: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN + hlen).ok_or(Error::NotOurs)?;
+    let (src, dst, tos, vihl, ttl, proto, check) = {
+        let h: &Ipv4Hdr = frame.get(ETH_LEN + hlen).ok_or(Error::NotOurs)?;
+        (
+            h.src_addr, h.dst_addr, h.tos, h.vihl, h.ttl, h.proto, h.check,
+        )
+    };
+    let ingress = frame.ingress_ifindex();
     let fib = fib::lookup(
-        ctx,
-        inner.src_addr,
-        inner.dst_addr,
-        inner.tos,
+        frame,
+        src,
+        dst,
+        tos,
         inner_len as u16,
-        ctx.ingress_ifindex() as u32,
+        ingress,
         fib::Mode::Input,
     );
     let (smac, dmac, ifindex) = match fib {
         // Back out of the underlay (transit between two peers): that needs encapsulating
         // again, which only the kernel path (routes + TC egress) does. A redirect would put
         // the bare inner packet on the underlay.
-        Fib::Forward { ifindex, .. } if ifindex == ctx.ingress_ifindex() as u32 => {
+        Fib::Forward { ifindex, .. } if ifindex == ingress => {
             stats::count_reason(Reason::PassEgressNotFast);
             return Ok(None);
         }
@@ -120,11 +118,11 @@ fn forward_fast(
             stats::count_reason(r);
             return Ok(None);
         }
-        Fib::Forward { .. } if inner.vihl != 0x45 => {
+        Fib::Forward { .. } if vihl != 0x45 => {
             stats::count_reason(Reason::PassIpOptions);
             return Ok(None);
         }
-        Fib::Forward { .. } if inner.ttl <= 1 => {
+        Fib::Forward { .. } if ttl <= 1 => {
             stats::count_reason(Reason::PassTtlExpired);
             return Ok(None);
         }
@@ -134,17 +132,17 @@ fn forward_fast(
             dmac,
         } => (smac, dmac, ifindex),
     };
-    let (ttl, check) = decrement_ttl(inner.ttl, inner.proto, u16::from_be_bytes(inner.check));
-    inner.ttl = ttl;
-    inner.check = check.to_be_bytes();
+    let (ttl, check) = decrement_ttl(ttl, proto, u16::from_be_bytes(check));
+    let hdr: &mut Ipv4Hdr = frame.get_mut(ETH_LEN + hlen).ok_or(Error::NotOurs)?;
+    hdr.ttl = ttl;
+    hdr.check = check.to_be_bytes();
     // The new Ethernet header goes right in front of the inner packet.
-    let eth: &mut EthRaw = ref_mut_at(ctx, hlen).ok_or(Error::NotOurs)?;
-    *eth = EthRaw {
+    *frame.get_mut::<EthRaw>(hlen).ok_or(Error::NotOurs)? = EthRaw {
         dst: dmac,
         src: smac,
         proto: ETH_P_IP,
     };
-    adjust_head(ctx, hlen as i32)?;
+    frame.adjust_head(hlen as i32)?;
     let action = redirect(ifindex)?;
     stats::count_rx(peer, inner_len as u64);
     stats::count_path(Path::DecapFast);

@@ -4,7 +4,7 @@
 //! Whatever can't be finished here goes to the kernel unchanged and counted; the kernel path
 //! (routes + TC egress) then does the same job.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
 use ipip_ebpf::{
     error::Error,
@@ -15,32 +15,32 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     fib::{self, Fib},
-    maps::{redirect, route_to, tunnel_mtu, CONFIG, LAN_MACS},
-    packet::{ref_mut_at, EthRaw, ETH_LEN, ETH_P_IP},
+    maps::{lan_mac, redirect, route_to, tunnel_mtu, CONFIG},
+    packet::{kernel, EthRaw, Frame, ETH_LEN, ETH_P_IP},
     stats, verdict,
 };
 
 #[xdp]
 pub fn ipip_xdp_lan(ctx: XdpContext) -> u32 {
-    verdict::xdp(&ctx, "xdp-lan", try_encap(&ctx))
+    let mut frame = Frame::new(ctx);
+    let result = try_encap(&mut frame);
+    verdict::xdp(&frame, "xdp-lan", result)
 }
 
 #[inline(always)]
-fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
-    let eth: &EthRaw = ref_mut_at(ctx, 0).ok_or(Error::NotOurs)?;
+fn try_encap(frame: &mut Frame<XdpContext>) -> Result<u32, Error> {
+    let eth: EthRaw = *frame.get::<EthRaw>(0).ok_or(Error::NotOurs)?;
     if eth.proto != ETH_P_IP || eth.dst[0] & 1 != 0 {
         return Err(Error::NotOurs);
     }
     // Only frames addressed to this interface are ours to route: on a bridge port, in
     // promiscuous mode or with flooded unicast others arrive too (PACKET_OTHERHOST to Linux,
     // which drops them; the kernel still sees them here, untouched).
-    let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: a 6-byte value written only by the loader.
-    match unsafe { LAN_MACS.get(ingress) } {
-        Some(mac) if *mac == eth.dst => {}
-        _ => return Err(Error::NotOurs),
+    let ingress = frame.ingress_ifindex();
+    if lan_mac(ingress) != Some(eth.dst) {
+        return Err(Error::NotOurs);
     }
-    let ip: &mut Ipv4Hdr = ref_mut_at(ctx, ETH_LEN).ok_or(Error::NotOurs)?;
+    let ip: Ipv4Hdr = *frame.get::<Ipv4Hdr>(ETH_LEN).ok_or(Error::NotOurs)?;
     let (peer_idx, peer) = route_to(ip.dst_addr)?;
     if ip.vihl != 0x45 {
         return Err(Error::Pass(Reason::PassIpOptions));
@@ -49,7 +49,7 @@ fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
         return Err(Error::Pass(Reason::PassTtlExpired));
     }
     let inner_len = u16::from_be_bytes(ip.tot_len);
-    if ETH_LEN + inner_len as usize > ctx.data_end() - ctx.data() || (inner_len as usize) < 20 {
+    if ETH_LEN + inner_len as usize > frame.linear_len() || (inner_len as usize) < 20 {
         // Truncated: the kernel's IP layer judges it.
         return Err(Error::NotOurs);
     }
@@ -63,7 +63,7 @@ fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
     // as it arrived (forwarding enabled here, policy rules, and our route to the underlay:
     // anything else means the kernel would not tunnel it at all).
     match fib::lookup(
-        ctx,
+        frame,
         ip.src_addr,
         ip.dst_addr,
         ip.tos,
@@ -79,7 +79,7 @@ fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
     // Then the outer packet, as TC egress's output is routed: from this host, out of the
     // underlay.
     let (smac, dmac, ifindex) = match fib::lookup(
-        ctx,
+        frame,
         peer.local,
         peer.remote,
         0,
@@ -97,33 +97,27 @@ fn try_encap(ctx: &XdpContext) -> Result<u32, Error> {
     };
 
     let (ttl, check) = decrement_ttl(ip.ttl, ip.proto, u16::from_be_bytes(ip.check));
-    ip.ttl = ttl;
-    ip.check = check.to_be_bytes();
+    let hdr: &mut Ipv4Hdr = frame.get_mut(ETH_LEN).ok_or(Error::NotOurs)?;
+    hdr.ttl = ttl;
+    hdr.check = check.to_be_bytes();
     let inner = Inner {
         tos: ip.tos,
         ttl,
         frag_off: u16::from_be_bytes(ip.frags),
         tot_len: inner_len,
     };
-    // RFC 6864: any ID is fine for atomic datagrams; a random one also serves non-DF ones.
-    // SAFETY: helper without arguments.
-    let id = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } as u16;
-    let header = outer::build(peer, inner, id);
+    let header = outer::build(peer, inner, kernel::random_id());
 
-    // SAFETY: plain helper call on our own context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER_HEADER_LEN as i32)) } != 0 {
-        return Err(Error::Drop(Reason::DropHelperFailed));
-    }
-    // Every earlier packet pointer is stale: re-derive.
-    let new_eth: &mut EthRaw = ref_mut_at(ctx, 0).ok_or(Error::Drop(Reason::DropHelperFailed))?;
-    *new_eth = EthRaw {
+    frame.adjust_head(-(OUTER_HEADER_LEN as i32))?;
+    let failed = Error::Drop(Reason::DropHelperFailed);
+    *frame.get_mut::<EthRaw>(0).ok_or(failed)? = EthRaw {
         dst: dmac,
         src: smac,
         proto: ETH_P_IP,
     };
-    let outer_hdr: &mut [u8; OUTER_HEADER_LEN] =
-        ref_mut_at(ctx, ETH_LEN).ok_or(Error::Drop(Reason::DropHelperFailed))?;
-    *outer_hdr = header;
+    *frame
+        .get_mut::<[u8; OUTER_HEADER_LEN]>(ETH_LEN)
+        .ok_or(failed)? = header;
     let action = redirect(ifindex)?;
     stats::count_tx(peer_idx, 1, inner_len as u64);
     stats::count_path(Path::EncapFast);
