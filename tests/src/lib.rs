@@ -1,7 +1,9 @@
 //! Harness for ipip's end-to-end tests and for the `cargo xtask run` demo: network namespaces,
-//! the seed's topologies, the `ipip-user` binary, traffic generators and raw IPIP packets.
+//! the seed's topologies, the `ipip-user` binary, traffic generators and raw IPIP packets; and
+//! the packet-test fixture kit (frames, `BPF_PROG_TEST_RUN`, counter diffs, case tables).
 
 pub mod cmd;
+pub mod fixture;
 pub mod ipip;
 pub mod netns;
 pub mod packet;

@@ -119,6 +119,31 @@ impl Netns {
         })
     }
 
+    /// Runs `f` on a thread that has entered this namespace and returns what it returns; its
+    /// panics become the caller's (for test code that asserts).
+    pub fn within<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                if let Err(e) = self.enter(&path) {
+                    panic!("{e:#}");
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Runs every line of `script` (whitespace-separated arguments, no quoting) inside the
+    /// namespace, stopping at the first that fails.
+    pub fn script(&self, script: &str) -> Result<()> {
+        for line in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            self.exec(&line.split_whitespace().collect::<Vec<_>>())?;
+        }
+        Ok(())
+    }
+
     /// Like [`Netns::run`] but returns at once; join the handle for the result.
     pub fn spawn<F, R>(&self, f: F) -> std::thread::JoinHandle<Result<R>>
     where

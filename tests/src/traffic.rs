@@ -41,12 +41,26 @@ pub fn ping_ttl(ns: &Netns, dst: Ipv4Addr, count: u32, ttl: Option<u8>) -> Resul
 /// Fails with ping's output unless every one of COUNT echo requests from `ns` to `dst` got
 /// its reply. `what` names the hop for the message ("doolittle → jill").
 pub fn must_ping(ns: &Netns, dst: Ipv4Addr, count: u32, what: &str) -> Result<()> {
-    let out = ping_ttl(ns, dst, count, None)?;
+    all_replies(&ping_ttl(ns, dst, count, None)?, dst, count, what)
+}
+
+/// [`must_ping`] from the source address `src`.
+pub fn must_ping_from(
+    ns: &Netns,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    count: u32,
+    what: &str,
+) -> Result<()> {
+    all_replies(&ping(ns, src, dst, count)?, dst, count, what)
+}
+
+fn all_replies(out: &Output, dst: Ipv4Addr, count: u32, what: &str) -> Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success() && text.contains(&format!("{count} received")),
         "ping {what} ({dst}) failed: {}",
-        crate::ipip::describe(&out)
+        crate::ipip::describe(out)
     );
     Ok(())
 }

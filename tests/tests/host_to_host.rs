@@ -4,13 +4,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use ipip_tests::ipip::describe;
 use ipip_tests::packet::{icmp_echo, send_ipip};
 use ipip_tests::query::{tcx_prog_count, BPF_TCX_EGRESS, BPF_TCX_INGRESS};
-use ipip_tests::traffic::{ping, ping_ok, tcp_transfer};
+use ipip_tests::traffic::{eventually, must_ping_from, ping_ok, tcp_transfer};
 use ipip_tests::{require_root, HostToHost, IpipUser, Node, Underlay};
 
 fn topology(underlay: Underlay) -> Result<(HostToHost, IpipUser)> {
@@ -33,18 +33,8 @@ fn attach_both(ipip: &IpipUser, t: &HostToHost) -> Result<()> {
 
 /// Pings `to`'s private address from `from`'s; fails with ping's output unless all replies came.
 fn must_ping(from: &Node, to: &Node, count: u32) -> Result<()> {
-    let out = ping(&from.ns, from.private, to.private, count)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success() && text.contains(&format!("{count} received")),
-        "ping {} → {} ({} → {}) failed: {}",
-        from.name,
-        to.name,
-        from.private,
-        to.private,
-        describe(&out)
-    );
-    Ok(())
+    let what = format!("{} → {} from {}", from.name, to.name, from.private);
+    must_ping_from(&from.ns, from.private, to.private, count, &what)
 }
 
 fn must_not_ping(from: &Node, to: &Node) -> Result<()> {
@@ -57,18 +47,6 @@ fn must_not_ping(from: &Node, to: &Node) -> Result<()> {
         to.private
     );
     Ok(())
-}
-
-/// Waits up to 3 s for `cond`, returning its last error if it never holds.
-fn eventually(mut cond: impl FnMut() -> Result<()>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        match cond() {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }
 
 /// Files left under a pin folder (empty when it does not exist).
@@ -296,7 +274,7 @@ fn spoofed_ipip_is_dropped_and_counted() -> Result<()> {
     let unknown0 = ipip.reason(&d.ns, d.iface, "unknown_peer")?;
     let inner = icmp_echo(c.private, d.private, 0x4d41, 1, b"mallory was here");
     send_ipip(&m.ns, d.underlay, &inner, N as usize)?;
-    eventually(|| {
+    eventually(Duration::from_secs(3), || {
         let now = ipip.reason(&d.ns, d.iface, "unknown_peer")?;
         ensure!(
             now - unknown0 == N,
@@ -315,7 +293,7 @@ fn spoofed_ipip_is_dropped_and_counted() -> Result<()> {
         b"not from calculon",
     );
     send_ipip(&c.ns, d.underlay, &inner, N as usize)?;
-    eventually(|| {
+    eventually(Duration::from_secs(3), || {
         let now = ipip.reason(&d.ns, d.iface, "spoofed_inner_source")?;
         ensure!(
             now - spoofed0 == N,

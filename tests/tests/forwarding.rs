@@ -4,7 +4,7 @@
 //! case asserts the exact verdict, the exact output bytes and the exact deltas of the reasons,
 //! paths and peer counters. Expected frames are built with etherparse, never with our encoder.
 //!
-//! Needs root: `sudo -E cargo test -p ipip-user --test forwarding`.
+//! Needs root: `sudo -E cargo test -p ipip-tests --test forwarding`.
 //!
 //! The gateway's namespace:
 //!
@@ -23,101 +23,14 @@
 //!   underlay; the fast path's first lookup, of the inner packet, must land there)
 //! ```
 
-mod common;
-
-use std::{
-    fs::File,
-    sync::atomic::{AtomicU32, Ordering},
-};
-
-use common::*;
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header};
 use ipip_common::{Path, Reason, PATH_COUNT, TUNNEL_FLAG_FAST_PATH};
+use ipip_tests::fixture::*;
+use ipip_tests::Netns;
 use ipip_user::datapath::Datapath;
-use nix::sched::{setns, CloneFlags};
 
 // ---------------------------------------------------------------------------------------------
 // The namespace.
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A named network namespace, deleted on drop (also when a test panics).
-struct Netns {
-    name: String,
-}
-
-fn sh(args: &[&str]) {
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
-
-impl Netns {
-    fn new() -> Self {
-        require_root();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("ipipfwd-{}-{n}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        Netns { name }
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// Runs `args` in the namespace with `nsenter --net` (which, unlike `ip netns exec`, keeps
-    /// the host's /sys and so /sys/fs/bpf).
-    fn exec(&self, args: &[&str]) {
-        let net = format!("--net={}", self.path());
-        let mut line = vec!["nsenter", net.as_str()];
-        line.extend_from_slice(args);
-        sh(&line);
-    }
-
-    /// Runs every line of `script` (whitespace-separated arguments) in the namespace.
-    fn script(&self, script: &str) {
-        for line in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            self.exec(&line.split_whitespace().collect::<Vec<_>>());
-        }
-    }
-
-    /// Runs `f` on a thread that has entered the namespace; its panics are the caller's.
-    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let path = self.path();
-        std::thread::scope(|s| {
-            let handle = s.spawn(move || {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("cannot enter {path}: {e}"));
-                f()
-            });
-            handle
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let r = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        if !matches!(r, Ok(s) if s.success()) {
-            eprintln!(
-                "warning: cannot delete network namespace {}: {r:?}",
-                self.name
-            );
-        }
-    }
-}
 
 const LAN0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 const WAN0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
@@ -138,7 +51,8 @@ const REMOTE_HOST: [u8; 4] = [10, 200, 100, 5];
 
 /// The gateway topology described at the top of the file.
 fn gateway() -> Netns {
-    let ns = Netns::new();
+    require_root();
+    let ns = Netns::new("ipipfwd").expect("creating the gateway's namespace");
     ns.script(
         "
         ip link set lo up
@@ -183,7 +97,8 @@ fn gateway() -> Netns {
         ip neigh replace 192.168.104.100 lladdr 02:00:00:00:01:64 dev lan0 nud permanent
         ip neigh replace 192.168.104.200 lladdr 02:00:00:00:01:c8 dev lan0 nud permanent
         ",
-    );
+    )
+    .expect("building the gateway's namespace");
     ns
 }
 
@@ -392,7 +307,7 @@ fn lan_v4(dst: [u8; 4]) -> V4 {
 #[test]
 fn lan_encap_fast_path() {
     let ns = gateway();
-    ns.run(|| {
+    ns.within(|| {
         let mut dp = gateway_datapath(PEERS, 0, &["lan0", "wan0"]);
         let v = lan_v4(REMOTE_HOST);
         let udp_in = udp(&v, 200);
@@ -577,7 +492,7 @@ fn lan_encap_fast_path() {
 #[test]
 fn lan_encap_fixed_ttl_tos_inherit() {
     let ns = gateway();
-    ns.run(|| {
+    ns.within(|| {
         let file = format!("[tunnel]\nttl = 64\ntos = \"inherit\"\n{PEERS}");
         let mut dp = gateway_datapath(&file, 0, &["lan0", "wan0"]);
         let v = lan_v4(REMOTE_HOST).tos(0xb8 | 0b11).ttl(17);
@@ -597,7 +512,7 @@ fn lan_encap_fixed_ttl_tos_inherit() {
 #[test]
 fn lan_encap_egress_not_in_fwd_devs() {
     let ns = gateway();
-    ns.run(|| {
+    ns.within(|| {
         let mut dp = gateway_datapath(PEERS, 0, &["lan0"]);
         let cases = vec![lan_pass(
             "wan0 not listed -> kernel",
@@ -656,7 +571,7 @@ fn decap_kernel(name: &'static str, inner: Vec<u8>, reason: Option<Reason>) -> F
 #[test]
 fn decap_fast_path() {
     let ns = gateway();
-    ns.run(|| {
+    ns.within(|| {
         let mut dp = gateway_datapath(PEERS, TUNNEL_FLAG_FAST_PATH, &["lan0", "wan0"]);
         let v = to_lan(HOST);
         let udp_in = udp(&v, 200);
@@ -795,7 +710,7 @@ fn decap_fast_path() {
 #[test]
 fn decap_fast_path_off() {
     let ns = gateway();
-    ns.run(|| {
+    ns.within(|| {
         let mut dp = gateway_datapath(PEERS, 0, &["lan0", "wan0"]);
         let cases = vec![
             decap_kernel(
@@ -816,7 +731,7 @@ fn decap_fast_path_off() {
 #[test]
 fn decap_fast_path_lan_not_in_fwd_devs() {
     let ns = gateway();
-    ns.run(|| {
+    ns.within(|| {
         let mut dp = gateway_datapath(PEERS, TUNNEL_FLAG_FAST_PATH, &["wan0"]);
         let cases = vec![decap_kernel(
             "lan0 not listed -> plain decap",
@@ -831,9 +746,9 @@ fn decap_fast_path_lan_not_in_fwd_devs() {
 fn namespace_is_deleted_on_panic() {
     let name = {
         let ns = gateway();
-        let name = ns.name.clone();
+        let name = ns.name().to_string();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ns.run(|| panic!("deliberate"));
+            ns.within(|| panic!("deliberate"));
         }));
         assert!(r.is_err(), "the panic reaches the caller");
         name

@@ -3,13 +3,11 @@
 //! Expected frames are built with etherparse, never with our own encoder. The decapsulation
 //! tables are defined once and run against both decapsulators (XDP and TC ingress, [`Hook`]).
 //!
-//! Needs root: `sudo -E cargo test -p ipip-user --test packet`.
+//! Needs root: `sudo -E cargo test -p ipip-tests --test packet`.
 
-mod common;
-
-use common::*;
 use etherparse::{icmpv4::DestUnreachableHeader, EtherType, Icmpv4Type, IpNumber, Ipv4Header};
 use ipip_common::Reason;
+use ipip_tests::fixture::*;
 use ipip_user::datapath::Datapath;
 
 /// Two peers, the seed's calculon plus a second one, so that "inside another peer's prefix"

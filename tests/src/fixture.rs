@@ -2,8 +2,6 @@
 //! with an independent packet library (etherparse, never our own encoder), running the programs
 //! with `BPF_PROG_TEST_RUN`, reading the counters, and checking a table of cases.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
 
 use aya::maps::Array;
@@ -42,10 +40,9 @@ pub const LOCAL: [u8; 4] = [192, 0, 2, 58];
 
 /// Fails the test with a clear message unless we can run BPF_PROG_TEST_RUN.
 pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "packet tests need root (BPF_PROG_TEST_RUN)"
-    );
+    if let Err(e) = crate::require_root() {
+        panic!("packet tests need root (BPF_PROG_TEST_RUN): {e}");
+    }
 }
 
 /// Loads the object and fills its maps from `toml` on a 1500-byte underlay with address `local`.
