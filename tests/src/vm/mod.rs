@@ -10,6 +10,7 @@ pub mod cpio;
 pub mod guest;
 pub mod image;
 pub mod peer;
+pub mod routed;
 pub mod traffic;
 
 pub use admin::{LinuxTunnel, Ttl};
