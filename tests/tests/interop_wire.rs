@@ -73,15 +73,24 @@ fn calculon_entry(ipip: &IpipUser, t: &LinuxRouted) -> Result<serde_json::Value>
         .with_context(|| format!("no peer calculon in doolittle's stats: {v}"))
 }
 
-// PMTU both ways with pmtudisc on both ends (Linux's default and ours): 2 MiB of TCP each
-// way across the 1400-byte hop completes, each sender having learned the path MTU from the
-// routers' ICMP "fragmentation needed" (ours: learned_mtu 1380 for calculon; Linux: a PMTU
-// exception of 1380 on its route to doolittle's private address).
-#[test]
-fn pmtu_both_ways_across_a_smaller_hop_with_linux() -> Result<()> {
+// PMTU both ways: 2 MiB of TCP each way across the 1400-byte hop completes, each sender
+// having learned the path MTU from the routers' ICMP "fragmentation needed" (ours:
+// learned_mtu 1380 for calculon; Linux: a PMTU exception of 1380 on its route to doolittle's
+// private address). With pmtudisc on both ends (Linux's default and ours), and off on both
+// (`nopmtudisc`: the outer DF then follows TCP's inner DF, so the lesson is the same).
+fn pmtu_both_ways(pmtudisc: bool) -> Result<()> {
     let _g = serial();
-    let ours = Ours::default();
-    let (t, ipip) = up(&ours, &LinuxRouted::linux_tunnel())?;
+    let ours = if pmtudisc {
+        Ours::default()
+    } else {
+        Ours {
+            tunnel_lines: vec!["pmtudisc = false".into()],
+            ..Ours::default()
+        }
+    };
+    let mut linux = LinuxRouted::linux_tunnel();
+    linux.pmtudisc = pmtudisc;
+    let (t, ipip) = up(&ours, &linux)?;
     doolittle_pings(&t, 2)?;
     const LEN: usize = 2 << 20;
 
@@ -126,8 +135,21 @@ fn pmtu_both_ways_across_a_smaller_hop_with_linux() -> Result<()> {
         "calculon (Linux): its route to {DOOLITTLE_PRIVATE} should carry the PMTU {LEARNED} \
          its tunl1 learned: {seen}"
     );
-    eprintln!("2 MiB across the {HOP_MTU}-byte hop: to Linux in {a:.2?}, from Linux in {b:.2?}");
+    eprintln!(
+        "2 MiB across the {HOP_MTU}-byte hop (pmtudisc {pmtudisc}): to Linux in {a:.2?}, \
+         from Linux in {b:.2?}"
+    );
     Ok(())
+}
+
+#[test]
+fn pmtu_both_ways_across_a_smaller_hop_with_linux() -> Result<()> {
+    pmtu_both_ways(true)
+}
+
+#[test]
+fn pmtu_both_ways_across_a_smaller_hop_with_linux_nopmtudisc() -> Result<()> {
+    pmtu_both_ways(false)
 }
 
 /// The reassembly counters of ours: (outer_fragment_held, reassembled).
