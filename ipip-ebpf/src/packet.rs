@@ -181,6 +181,16 @@ impl Frame<TcContext> {
         self.ctx.load(off).ok()
     }
 
+    /// A copy of the `T` at `off`: straight from the linear window when it is there (the
+    /// common case, no helper call), else through the skb.
+    #[inline(always)]
+    pub fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        match self.get::<T>(off) {
+            Some(v) => Some(*v),
+            None => self.load(off),
+        }
+    }
+
     /// Writes `v` at `off` through the skb (`BPF_F_RECOMPUTE_CSUM` keeps a checksum-complete
     /// skb consistent).
     #[inline(always)]

@@ -39,9 +39,9 @@ pub fn ipip_tc_decap(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_decap(frame: &mut Frame<TcContext>) -> Result<(), Error> {
-    // Classify from the skb (which reads outside the linear area too) before touching
+    // Classify (from the linear area, or through the skb where it ends) before touching
     // anything: traffic that isn't ours is never pulled, so never dropped by a failed pull.
-    let ether_type: [u8; 2] = frame.load(12).ok_or(Error::NotOurs)?;
+    let ether_type: [u8; 2] = frame.read(12).ok_or(Error::NotOurs)?;
     if ether_type != ETH_P_IP {
         // A tag still in the frame (QinQ, or a device that doesn't strip it): the shared
         // check counts tagged IPIP and passes it, as on XDP.
@@ -53,13 +53,13 @@ fn try_decap(frame: &mut Frame<TcContext>) -> Result<(), Error> {
         }
         return Err(Error::NotOurs);
     }
-    let proto: u8 = frame.load(ETH_LEN + 9).ok_or(Error::NotOurs)?;
+    let proto: u8 = frame.read(ETH_LEN + 9).ok_or(Error::NotOurs)?;
     let decap_here = CONFIG
         .get(0)
         .is_some_and(|c| c.flags & TUNNEL_FLAG_DECAP_TC != 0);
     if !decap_here {
         // XDP decapsulates; only outer fragments, which it passes up, are left for us.
-        let frags: [u8; 2] = frame.load(ETH_LEN + 6).ok_or(Error::NotOurs)?;
+        let frags: [u8; 2] = frame.read(ETH_LEN + 6).ok_or(Error::NotOurs)?;
         if proto != IPPROTO_IPIP || u16::from_be_bytes(frags) & (IP_MF | IP_OFFSET) == 0 {
             return Err(Error::NotOurs);
         }

@@ -32,13 +32,13 @@ pub fn ipip_tc_encap(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_encap(frame: &mut Frame<TcContext>) -> Result<(), Error> {
-    // Classify from the skb before touching anything: only a routed packet is ever pulled,
+    // Classify (from the linear area, or through the skb) before touching anything: only a routed packet is ever pulled,
     // and a failed pull of someone else's packet would drop it.
-    let ether_type: [u8; 2] = frame.load(12).ok_or(Error::NotOurs)?;
+    let ether_type: [u8; 2] = frame.read(12).ok_or(Error::NotOurs)?;
     if ether_type != ETH_P_IP {
         return Err(Error::NotOurs);
     }
-    let dst: [u8; 4] = frame.load(ETH_LEN + 16).ok_or(Error::NotOurs)?;
+    let dst: [u8; 4] = frame.read(ETH_LEN + 16).ok_or(Error::NotOurs)?;
     let (peer_idx, peer) = route_to(dst)?;
     if frame.linear_len() < ETH_LEN + 20 {
         // Header not in the linear area (rare on egress): pull it in, or refuse to send it

@@ -21,6 +21,42 @@ use super::host::{node, peers_toml, Node};
 use super::IFACE;
 use crate::netns::Netns;
 
+/// r1 on doolittle's segment (192.0.2.0/24): its hosts' default gateway.
+pub const R1_NEAR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const R1_MID: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const R2_MID: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// r2 on calculon's segment (203.0.113.0/24): its hosts' default gateway.
+pub const R2_NEAR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+/// The two plain Linux routers of the line: joined by `mid` (the small hop), each routing
+/// the other's near /24, forwarding on. Their near sides are the caller's to wire (a veth, a
+/// guest's tap), addressed [`R1_NEAR`] and [`R2_NEAR`].
+#[derive(Debug)]
+pub struct Routers {
+    pub r1: Netns,
+    pub r2: Netns,
+}
+
+impl Routers {
+    pub fn new(hop_mtu: u32) -> Result<Self> {
+        let r1 = Netns::new("r1")?;
+        let r2 = Netns::new("r2")?;
+        // GRO on: the fast path's redirects need it on the receiving veths.
+        link(&r1, "mid", &r2, "mid")?;
+        let mtu = hop_mtu.to_string();
+        for (r, addr, far, via) in [
+            (&r1, R1_MID, "203.0.113.0/24", R2_MID),
+            (&r2, R2_MID, "192.0.2.0/24", R1_MID),
+        ] {
+            r.exec(&["ip", "link", "set", "mid", "mtu", &mtu])?;
+            add_addr(r, "mid", addr, 24)?;
+            r.exec(&["ip", "route", "add", far, "via", &via.to_string()])?;
+            forwarding(r)?;
+        }
+        Ok(Routers { r1, r2 })
+    }
+}
+
 #[derive(Debug)]
 pub struct Routed {
     pub doolittle: Node,
@@ -49,37 +85,26 @@ impl Routed {
     fn build(hop_mtu: u32, pmtudisc: bool, lan: bool) -> Result<Self> {
         let dir = TempDir::new("ipip-routed")?;
         let d_ns = Netns::new("doolittle")?;
-        let r1 = Netns::new("r1")?;
-        let r2 = Netns::new("r2")?;
+        let Routers { r1, r2 } = Routers::new(hop_mtu)?;
         let c_ns = Netns::new("calculon")?;
         // GRO everywhere: the fast path's redirects need it on the receiving veths.
         link(&d_ns, IFACE, &r1, "to-a")?;
-        link(&r1, "mid", &r2, "mid")?;
         link(&r2, "to-b", &c_ns, IFACE)?;
-        let mtu = hop_mtu.to_string();
-        r1.exec(&["ip", "link", "set", "mid", "mtu", &mtu])?;
-        r2.exec(&["ip", "link", "set", "mid", "mtu", &mtu])?;
-        add_addr(&r1, "to-a", Ipv4Addr::new(192, 0, 2, 1), 24)?;
-        add_addr(&r1, "mid", Ipv4Addr::new(198, 51, 100, 1), 24)?;
-        add_addr(&r2, "mid", Ipv4Addr::new(198, 51, 100, 2), 24)?;
-        add_addr(&r2, "to-b", Ipv4Addr::new(203, 0, 113, 1), 24)?;
-        r1.exec(&[
-            "ip",
-            "route",
-            "add",
-            "203.0.113.0/24",
-            "via",
-            "198.51.100.2",
-        ])?;
-        r2.exec(&["ip", "route", "add", "192.0.2.0/24", "via", "198.51.100.1"])?;
-        forwarding(&r1)?;
-        forwarding(&r2)?;
-        let doolittle = host(d_ns, "doolittle", [192, 0, 2, 58], [192, 0, 2, 1], 1, &dir)?;
+        add_addr(&r1, "to-a", R1_NEAR, 24)?;
+        add_addr(&r2, "to-b", R2_NEAR, 24)?;
+        let doolittle = host(
+            d_ns,
+            "doolittle",
+            [192, 0, 2, 58],
+            R1_NEAR.octets(),
+            1,
+            &dir,
+        )?;
         let calculon = host(
             c_ns,
             "calculon",
             [203, 0, 113, 129],
-            [203, 0, 113, 1],
+            R2_NEAR.octets(),
             2,
             &dir,
         )?;

@@ -23,18 +23,14 @@ use super::guest::LinuxGuest;
 use super::peer::Ours;
 use crate::ipip::IpipUser;
 use crate::netns::Netns;
-use crate::topology::build::{add_addr, default_via, forwarding, link};
+use crate::topology::build::{add_addr, default_via, link};
+use crate::topology::routed::Routers;
 use crate::topology::TempDir;
 
 /// MTU of the link between r1 and r2.
 pub const HOP_MTU: u32 = 1400;
 pub const DOOLITTLE_UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 58);
-/// r1 on doolittle's segment: doolittle's default gateway.
-pub const R1_NEAR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-pub const R1_MID: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub const R2_MID: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-/// r2 on calculon's segment (the tap): the guest's default gateway.
-pub const R2_NEAR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub use crate::topology::routed::{R1_MID, R1_NEAR, R2_MID, R2_NEAR};
 pub const CALCULON_UNDERLAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 129);
 pub const DOOLITTLE_PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 pub const CALCULON_PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
@@ -62,14 +58,9 @@ impl LinuxRouted {
     pub fn boot(ours: &Ours) -> Result<Self> {
         let dir = TempDir::new("ipip-linux-routed")?;
         let doolittle = Netns::new("doolittle")?;
-        let r1 = Netns::new("r1")?;
-        let r2 = Netns::new("r2")?;
+        let Routers { r1, r2 } = Routers::new(HOP_MTU)?;
         link(&doolittle, UNDERLAY_IF, &r1, "to-a")?;
-        link(&r1, "mid", &r2, "mid")?;
-        let mtu = HOP_MTU.to_string();
-        for r in [&r1, &r2] {
-            r.exec(&["ip", "link", "set", "mid", "mtu", &mtu])?;
-        }
+        add_addr(&r1, "to-a", R1_NEAR, 24)?;
         add_addr(&doolittle, UNDERLAY_IF, DOOLITTLE_UNDERLAY, 24)?;
         doolittle.exec(&[
             "ip",
@@ -80,28 +71,6 @@ impl LinuxRouted {
             "lo",
         ])?;
         default_via(&doolittle, R1_NEAR)?;
-        add_addr(&r1, "to-a", R1_NEAR, 24)?;
-        add_addr(&r1, "mid", R1_MID, 24)?;
-        add_addr(&r2, "mid", R2_MID, 24)?;
-        r1.exec(&[
-            "ip",
-            "route",
-            "add",
-            "203.0.113.0/24",
-            "via",
-            &R2_MID.to_string(),
-        ])?;
-        r2.exec(&[
-            "ip",
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            &R1_MID.to_string(),
-        ])?;
-        forwarding(&r1)?;
-        forwarding(&r2)?;
-
         let guest = LinuxGuest::boot(&r2, TAP)?;
         add_addr(&r2, TAP, R2_NEAR, 24)?;
         guest
