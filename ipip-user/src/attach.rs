@@ -19,7 +19,8 @@ use crate::{
     config::PeersFile,
     datapath::Datapath,
     forward_pmtu,
-    netif::{Link, NetError, Netlink},
+    hook::{self, Choice, DecapArg, Hook},
+    netif::{self, Link, NetError, Netlink},
     pins::{ensure_bpffs, netns_cookie, PinDir},
     plan::{Plan, Underlay},
 };
@@ -35,15 +36,6 @@ pub enum XdpModeArg {
     Generic,
 }
 
-/// Where decapsulation runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DecapHook {
-    /// XDP: best packet rate and for forwarding.
-    Xdp,
-    /// TC ingress: sees GRO-merged packets, best for bulk TCP that ends on this host.
-    Tc,
-}
-
 /// What attach did, for the report.
 #[derive(Debug, serde::Serialize)]
 pub struct Attached {
@@ -51,6 +43,8 @@ pub struct Attached {
     pub pin_dir: String,
     /// `xdp (native)`, `xdp (generic)` or `tc`.
     pub decap: String,
+    /// Why that hook: the flag that asked for it, or what `--decap auto` saw.
+    pub decap_reason: String,
     /// LAN interfaces with the fast path, and their XDP mode.
     pub lans: Vec<String>,
     pub local: Ipv4Addr,
@@ -71,6 +65,8 @@ struct Prepared {
     address_present: bool,
     /// LAN interfaces that get the XDP fast path.
     lans: Vec<Link>,
+    /// Where decapsulation runs, and why.
+    choice: Choice,
 }
 
 async fn prepare(
@@ -78,7 +74,8 @@ async fn prepare(
     interface: &str,
     peers_path: &Path,
     extra_lans: &[String],
-    decap: DecapHook,
+    decap: DecapArg,
+    xdp_mode: XdpModeArg,
 ) -> Result<Prepared> {
     let file = PeersFile::load(peers_path)?;
     let link = nl.link(interface).await?;
@@ -99,7 +96,7 @@ async fn prepare(
             .with_context(|| format!("LAN interface {name}"))?;
         lans.push(lan);
     }
-    if !lans.is_empty() && decap == DecapHook::Tc {
+    if !lans.is_empty() && decap == DecapArg::Tc {
         bail!("the XDP fast path (--lan) decapsulates with XDP: drop --decap tc, or drop the LAN interfaces");
     }
     let veths: Vec<String> = if lans.is_empty() {
@@ -194,12 +191,20 @@ async fn prepare(
     if !lans.is_empty() {
         plan.tunnel.flags |= TUNNEL_FLAG_FAST_PATH;
     }
+    let choice = hook::choose(
+        decap,
+        &link,
+        netif::driver(interface).as_deref(),
+        !lans.is_empty(),
+        xdp_mode != XdpModeArg::Auto,
+    );
     Ok(Prepared {
         link,
         dir,
         plan,
         next_hops,
         address_present,
+        choice,
         lans,
     })
 }
@@ -208,7 +213,7 @@ async fn prepare(
 pub struct AttachRequest<'a> {
     pub interface: &'a str,
     pub peers: &'a Path,
-    pub decap: DecapHook,
+    pub decap: DecapArg,
     pub xdp_mode: XdpModeArg,
     /// LAN interfaces for the fast path, besides those the peers file names.
     pub lans: &'a [String],
@@ -217,10 +222,10 @@ pub struct AttachRequest<'a> {
 pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
     let (interface, decap, mode) = (req.interface, req.decap, req.xdp_mode);
     let nl = Netlink::open()?;
-    let prepared = prepare(&nl, interface, req.peers, req.lans, decap).await?;
+    let prepared = prepare(&nl, interface, req.peers, req.lans, decap, mode).await?;
     ensure_bpffs()?;
     let mut made = Made::default();
-    match install(&nl, &prepared, decap, mode, &mut made).await {
+    match install(&nl, &prepared, mode, &mut made).await {
         Ok(attached) => Ok(attached),
         Err(e) => {
             log::debug!("attach failed, rolling back: {e:#}");
@@ -253,7 +258,6 @@ struct Made {
 async fn install(
     nl: &Netlink,
     p: &Prepared,
-    decap: DecapHook,
     mode: XdpModeArg,
     made: &mut Made,
 ) -> Result<Attached> {
@@ -280,17 +284,30 @@ async fn install(
         .context("pinning the TC ingress program")?;
 
     let mut tunnel = p.plan.tunnel;
-    let decap = match decap {
-        DecapHook::Xdp => format!(
-            "xdp ({})",
-            attach_xdp_to(dp.xdp()?, &p.link, mode, &p.dir.link(LINK_XDP))?
-        ),
-        DecapHook::Tc => {
+    let xdp_pin = p.dir.link(LINK_XDP);
+    let mut decap_reason = p.choice.why.clone();
+    let xdp_how = match p.choice.hook {
+        Hook::Xdp => Some(attach_xdp_to(dp.xdp()?, &p.link, mode, &xdp_pin)?),
+        Hook::Tc => None,
+        Hook::NativeXdpElseTc => {
+            match attach_xdp_to(dp.xdp()?, &p.link, XdpModeArg::Native, &xdp_pin) {
+                Ok(how) => Some(how),
+                Err(e) => {
+                    decap_reason = hook::fallback_reason(iface, &e);
+                    None
+                }
+            }
+        }
+    };
+    let decap = match xdp_how {
+        Some(how) => format!("xdp ({how})"),
+        None => {
             tunnel.flags |= TUNNEL_FLAG_DECAP_TC;
             dp.set_tunnel(&tunnel)?;
             "tc".to_string()
         }
     };
+    log::info!("{iface}: decap {decap}: {decap_reason}");
     // TC ingress runs with either hook: it decapsulates with `--decap tc`, and reassembles
     // outer fragments (which XDP passes up) in both cases.
     attach_tc(dp.tc_decap()?, p, TcAttachType::Ingress, LINK_TC_INGRESS)?;
@@ -345,6 +362,7 @@ async fn install(
         interface: iface.clone(),
         pin_dir: p.dir.path.display().to_string(),
         decap,
+        decap_reason,
         lans,
         local: Ipv4Addr::from(p.plan.tunnel.local),
         address: p.plan.address.map(|a| a.to_string()),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::attach::{DecapHook, XdpModeArg};
+use crate::{attach::XdpModeArg, hook::DecapArg};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,10 +47,11 @@ pub enum Command {
         /// Peers file (TOML): [tunnel] settings and one [[peer]] per remote endpoint.
         #[arg(long, short, value_name = "FILE")]
         peers: PathBuf,
-        /// Where to decapsulate: XDP (packet rate, forwarding) or TC ingress (bulk TCP that
-        /// ends on this host: keeps GRO-merged packets).
-        #[arg(long, value_enum, default_value = "xdp")]
-        decap: DecapHook,
+        /// Where to decapsulate. auto (the default) picks per interface and says why: TC
+        /// ingress on veth and devices without native XDP (keeps GSO and GRO-merged
+        /// packets), XDP on NICs with native XDP and with the fast path (--lan).
+        #[arg(long, value_enum, default_value = "auto")]
+        decap: DecapArg,
         /// XDP attach mode (with --decap xdp).
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: XdpModeArg,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod datapath;
 pub mod droplog;
 pub mod forward_pmtu;
+pub mod hook;
 pub mod netif;
 pub mod pins;
 pub mod plan;

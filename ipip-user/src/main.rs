@@ -142,6 +142,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 "attached to {}: decap {}, encap tc egress, local {}, tunnel MTU {}, {} peer(s)",
                 a.interface, a.decap, a.local, a.tunnel_mtu, a.peers
             );
+            println!("decap {}: {}", a.decap, a.decap_reason);
             if let Some(addr) = &a.address {
                 println!(
                     "tunnel address {addr} ({})",

@@ -278,3 +278,56 @@ fn ipv4_of(msg: &AddressMessage) -> Option<Ipv4Addr> {
 const fn libc_enodev() -> i32 {
     19
 }
+
+/// The driver's name as `ethtool -i` shows it (ETHTOOL_GDRVINFO), in the current network
+/// namespace; `None` when the device doesn't answer.
+pub fn driver(name: &str) -> Option<String> {
+    // struct ethtool_drvinfo from <linux/ethtool.h>.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: both structs are plain C data for which all-zero bytes are valid.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a fresh socket we own; closed on drop.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL reads `ifr` and writes at most size_of::<DrvInfo>() bytes into
+    // `info`, which outlives the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SIOCETHTOOL,
+            &mut ifr,
+        )
+    };
+    if rc < 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned()).filter(|d| !d.is_empty())
+}

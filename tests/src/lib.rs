@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod ipip;
 pub mod netns;
 pub mod packet;
+pub mod perf;
 pub mod query;
 pub mod topology;
 pub mod traffic;

@@ -31,6 +31,15 @@ fn attach_both(ipip: &IpipUser, t: &HostToHost) -> Result<()> {
     attach(ipip, &t.calculon)
 }
 
+/// `attach` with extra arguments (e.g. `--decap xdp`); returns what it printed.
+fn attach_with(ipip: &IpipUser, n: &Node, extra: &[&str]) -> Result<String> {
+    let peers = n.peers.to_string_lossy();
+    let mut args = vec!["attach", n.iface, "--peers", &peers];
+    args.extend_from_slice(extra);
+    ipip.run(&n.ns, &args)
+        .with_context(|| format!("attach {} on {}", extra.join(" "), n.name))
+}
+
 /// Pings `to`'s private address from `from`'s; fails with ping's output unless all replies came.
 fn must_ping(from: &Node, to: &Node, count: u32) -> Result<()> {
     let what = format!("{} → {} from {}", from.name, to.name, from.private);
@@ -90,6 +99,52 @@ fn icmp_crosses_the_tunnel_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// `--decap auto` (the default) on a veth: TC ingress, and attach says why; `--decap xdp`
+/// still gets XDP, and carries the same traffic.
+#[test]
+fn decap_hook_is_picked_per_interface_and_can_be_overridden() -> Result<()> {
+    let (t, ipip) = topology(Underlay::Direct)?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    let out = attach_with(&ipip, d, &[])?;
+    ensure!(
+        out.contains("decap tc") && out.contains("veth") && out.contains("GSO"),
+        "auto on a veth did not pick TC ingress with its reason:\n{out}"
+    );
+    let json = attach_with(&ipip, c, &["--decap", "xdp", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&json).context("attach --json")?;
+    ensure!(
+        v["decap"].as_str().is_some_and(|h| h.starts_with("xdp"))
+            && v["decap_reason"] == "--decap xdp",
+        "--decap xdp was not honoured: {v}"
+    );
+    let link = c.ns.exec(&["ip", "-d", "link", "show", c.iface])?;
+    ensure!(link.contains("xdp"), "no XDP on {}: {link}", c.iface);
+    let link = d.ns.exec(&["ip", "-d", "link", "show", d.iface])?;
+    ensure!(
+        !link.contains("xdp"),
+        "XDP on {} with auto: {link}",
+        d.iface
+    );
+    let status = ipip.run(&d.ns, &["status"])?;
+    ensure!(status.contains("decap tc"), "status: {status}");
+    // Mixed hooks, same wire: ICMP and TCP both ways.
+    must_ping(d, c, 3)?;
+    must_ping(c, d, 3)?;
+    const LEN: usize = 2 << 20;
+    for (from, to, port) in [(d, c, 5011), (c, d, 5012)] {
+        let x = tcp_transfer(&from.ns, &to.ns, to.private, port, LEN)
+            .with_context(|| format!("{} → {}", from.name, to.name))?;
+        ensure!(x.bytes == LEN);
+    }
+    // Both ends on XDP.
+    ipip.detach(&d.ns, d.iface)?;
+    attach_with(&ipip, d, &["--decap", "xdp"])?;
+    must_ping(d, c, 3)?;
+    let x = tcp_transfer(&c.ns, &d.ns, d.private, 5013, LEN).context("calculon → doolittle")?;
+    ensure!(x.bytes == LEN);
+    Ok(())
+}
+
 // b.
 #[test]
 fn tcp_larger_than_the_mtu_arrives_intact_both_ways() -> Result<()> {
@@ -143,7 +198,10 @@ fn detach_leaves_nothing_behind() -> Result<()> {
             "lo",
         ])?;
     }
-    attach_both(&ipip, &t)?;
+    // doolittle gets the default hook (TC ingress on a veth), calculon XDP: detach must
+    // remove either kind.
+    attach(&ipip, &t.doolittle)?;
+    attach_with(&ipip, &t.calculon, &["--decap", "xdp"])?;
     must_ping(&t.doolittle, &t.calculon, 1)?;
     for n in [&t.doolittle, &t.calculon] {
         // What attach made, so that its absence later means something.
@@ -166,10 +224,12 @@ fn detach_leaves_nothing_behind() -> Result<()> {
             n.name
         );
         let link = n.ns.exec(&["ip", "-d", "link", "show", n.iface])?;
+        let want_xdp = n.name == t.calculon.name;
         ensure!(
-            link.contains("xdp"),
-            "{}: no XDP program on {} after attach: {link}",
+            link.contains("xdp") == want_xdp,
+            "{}: XDP {} on {} after attach: {link}",
             n.name,
+            if want_xdp { "missing" } else { "present" },
             n.iface
         );
     }

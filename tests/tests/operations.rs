@@ -92,7 +92,8 @@ fn log_describes_each_drop_with_its_addresses() -> Result<()> {
     ensure!(out.status.success(), "log failed: {}", describe(&out));
     let text = String::from_utf8_lossy(&out.stderr);
     let want = format!(
-        "xdp drop spoofed_inner_source: outer {} -> {}, inner {spoofed} -> {}",
+        // The default hook on a veth decapsulates at TC ingress.
+        "tc-ingress drop spoofed_inner_source: outer {} -> {}, inner {spoofed} -> {}",
         c.underlay, d.underlay, d.private
     );
     ensure!(text.contains(&want), "log output lacks {want:?}:\n{text}");

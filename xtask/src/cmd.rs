@@ -106,8 +106,26 @@ pub fn run(args: &[&str]) -> Result<()> {
     status(c, &args.join(" "))
 }
 
+/// True when running as root: /proc/self belongs to the effective uid.
 pub fn is_root() -> bool {
-    ipip_tests::require_root().is_ok()
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Runs `ipip-lab ARGS` (the demo, the guest image and the bench, in the tests crate). Only
+/// after setup: building it builds ipip-user, whose build script needs the BPF toolchain.
+pub fn lab(args: &[&str]) -> Result<()> {
+    let mut all = vec![
+        "run",
+        "--quiet",
+        "-p",
+        "ipip-tests",
+        "--bin",
+        "ipip-lab",
+        "--",
+    ];
+    all.extend_from_slice(args);
+    cargo(&all)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! `cargo xtask setup | build | test | run`: toolchain bootstrap, build, checks and the demo.
+//! `cargo xtask setup | build | guest | test | run`: toolchain bootstrap, build, checks and the
+//! demo. xtask depends on nothing in the workspace, so it builds on a fresh machine and
+//! installs the BPF toolchain before anything that needs it is compiled; the demo and the
+//! guest image are `ipip-lab` in the tests crate, run after setup.
 
 mod cmd;
-mod guest;
-mod run;
 mod setup;
 mod test;
 
@@ -29,8 +30,15 @@ enum Command {
     Guest,
     /// Setup, then fmt, clippy, build, eBPF unit tests and the workspace tests (needs root).
     Test,
-    /// Setup and build, then bring up the seed's example in network namespaces (needs root).
-    Run(run::RunArgs),
+    /// Setup and build, then bring up one of the seed's examples in network namespaces
+    /// (needs root). `cargo xtask run -- --help` lists the scenarios.
+    #[command(disable_help_flag = true)]
+    Run {
+        /// Passed to `ipip-lab run`: --scenario host|cluster|gateways|linux-peer, --keep,
+        /// --fast-path, --help.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -38,12 +46,30 @@ fn main() {
     let result = match cli.command {
         Command::Setup => setup::setup(),
         Command::Build => setup::setup().and_then(|()| cmd::cargo(&["build", "--workspace"])),
-        Command::Guest => guest::build(),
+        Command::Guest => setup::toolchain().and_then(|()| cmd::lab(&["guest"])),
         Command::Test => test::test(),
-        Command::Run(args) => run::run(&args),
+        Command::Run { args } => run(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let help = args.iter().any(|a| a == "--help" || a == "-h");
+    anyhow::ensure!(
+        help || cmd::is_root(),
+        "`cargo xtask run` must run as root: it creates network namespaces and attaches XDP/TC programs"
+    );
+    if help {
+        setup::toolchain()?;
+    } else {
+        setup::setup()?;
+        println!("==> building the workspace");
+        cmd::cargo(&["build", "--workspace"])?;
+    }
+    let mut all = vec!["run"];
+    all.extend(args.iter().map(String::as_str));
+    cmd::lab(&all)
 }

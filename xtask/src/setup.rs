@@ -23,12 +23,17 @@ const APT_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup() -> Result<()> {
-    rust_src()?;
-    bpf_linker()?;
+    toolchain()?;
     apt_packages()?;
     bpffs()?;
-    crate::guest::build()?;
+    cmd::lab(&["guest"])?;
     Ok(())
+}
+
+/// What compiling the workspace needs: rust-src for `-Z build-std` and bpf-linker.
+pub fn toolchain() -> Result<()> {
+    rust_src()?;
+    bpf_linker()
 }
 
 fn rust_src() -> Result<()> {

@@ -15,8 +15,6 @@ use ipip_tests::topology::TunnelHost;
 use ipip_tests::traffic::{ping_ttl, tcp_source_seen, tcp_transfer};
 use ipip_tests::{DataPath, IpipUser, Netns};
 
-use crate::{cmd, setup};
-
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Scenario {
     /// Seed §4: host to host, doolittle ↔ calculon.
@@ -46,19 +44,13 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
-    anyhow::ensure!(
-        cmd::is_root(),
-        "`cargo xtask run` must run as root: it creates network namespaces and attaches XDP/TC programs"
-    );
+    ipip_tests::require_root()?;
     if args.fast_path && matches!(args.scenario, Scenario::Host | Scenario::LinuxPeer) {
         anyhow::bail!(
             "--fast-path needs a gateway: use it with --scenario cluster or --scenario gateways \
              (in the host scenario nobody forwards)"
         );
     }
-    setup::setup()?;
-    println!("==> building the workspace");
-    cmd::cargo(&["build", "--workspace"])?;
     let path = if args.fast_path {
         DataPath::Fast
     } else {
@@ -226,7 +218,7 @@ fn detach_all(ipip: &IpipUser, hosts: &[&TunnelHost]) -> Result<()> {
 
 /// Checks that the namespaces `names` are gone.
 fn ensure_gone(names: &[String]) -> Result<()> {
-    let left = cmd::stdout_of(&["ip", "netns", "list"]).unwrap_or_default();
+    let left = crate::stdout_of(&["ip", "netns", "list"]).unwrap_or_default();
     let listed = |n: &String| {
         left.lines()
             .any(|l| l.split_whitespace().next() == Some(n.as_str()))

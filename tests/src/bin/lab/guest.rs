@@ -95,7 +95,7 @@ pub fn run_linux_peer(keep: bool) -> Result<()> {
     print!("{}", indent(&ipip.detach(&t.doolittle, TAP)?));
     let name = t.doolittle.name().to_string();
     drop(t);
-    let left = crate::cmd::stdout_of(&["ip", "netns", "list"]).unwrap_or_default();
+    let left = crate::stdout_of(&["ip", "netns", "list"]).unwrap_or_default();
     anyhow::ensure!(
         !left
             .lines()

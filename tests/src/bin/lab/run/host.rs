@@ -1,11 +1,11 @@
 //! `cargo xtask run --scenario host` (the default): seed §4, doolittle ↔ calculon.
 
 use anyhow::{Context, Result};
+use ipip_tests::perf::Iperf;
 use ipip_tests::traffic::{ping, tcp_transfer};
 use ipip_tests::{HostToHost, IpipUser, Node, Underlay};
 
 use super::indent;
-use crate::cmd;
 
 pub fn run(keep: bool) -> Result<()> {
     println!("==> creating namespaces doolittle and calculon (seed §4)");
@@ -72,7 +72,7 @@ pub fn run(keep: bool) -> Result<()> {
     }
     let names: Vec<String> = [d, c].iter().map(|n| n.ns.name().to_string()).collect();
     drop(t);
-    let left = cmd::stdout_of(&["ip", "netns", "list"]).unwrap_or_default();
+    let left = crate::stdout_of(&["ip", "netns", "list"]).unwrap_or_default();
     anyhow::ensure!(
         !names.iter().any(|n| left.contains(n.as_str())),
         "namespaces still present after cleanup:\n{left}"
@@ -93,40 +93,37 @@ fn attach(ipip: &IpipUser, n: &Node) -> Result<()> {
     Ok(())
 }
 
-/// A 2-second iperf3 run through the tunnel, for a throughput figure (skipped without iperf3).
+/// Throughput through the tunnel, and plain routing on the same veth next to it (2-second
+/// iperf3 runs; skipped without iperf3).
 fn iperf(from: &Node, to: &Node) -> Result<()> {
-    if cmd::stdout_of(&["iperf3", "--version"]).is_none() {
+    if crate::stdout_of(&["iperf3", "--version"]).is_none() {
         println!("==> iperf3 not installed; skipping the throughput run");
         return Ok(());
     }
-    println!("==> iperf3: {} → {} for 2 s", from.name, to.private);
-    let dst = to.private.to_string();
-    let line = to.ns.command_line(&["iperf3", "-s", "-1", "-B", &dst]);
-    let mut server = std::process::Command::new(&line[0])
-        .args(&line[1..])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("cannot start iperf3 -s")?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = from
-        .ns
-        .output(&["iperf3", "-c", &dst, "-t", "2", "-f", "g"]);
-    let _ = server.kill();
-    let _ = server.wait();
-    let out = out?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for l in text
-        .lines()
-        .filter(|l| l.contains("sender") || l.contains("receiver"))
-    {
-        println!("    {}", l.trim());
-    }
-    if !out.status.success() {
-        println!(
-            "    iperf3 failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    println!(
+        "==> iperf3 TCP {} → {} for 2 s, through the tunnel and then without it",
+        from.name, to.name
+    );
+    let run = |src, dst, port| {
+        Iperf {
+            client: &from.ns,
+            server: &to.ns,
+            src,
+            dst,
+            port,
+            seconds: 2,
+            pin: None,
+        }
+        .tcp(1)
+    };
+    let tunnel = run(from.private, to.private, 5201)?;
+    let plain = run(from.underlay, to.underlay, 5202)?;
+    println!(
+        "    ipip {:.1} Gbit/s, plain routing {:.1} Gbit/s on the same veth ({:.0}%)",
+        tunnel.gbit_s,
+        plain.gbit_s,
+        100.0 * tunnel.gbit_s / plain.gbit_s
+    );
     Ok(())
 }
 
