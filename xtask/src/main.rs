@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | guest | test | run`: toolchain bootstrap, build, checks and the
+//! `cargo xtask setup | build | guest | test | run | bench`: toolchain bootstrap, build, checks and the
 //! demo. xtask depends on nothing in the workspace, so it builds on a fresh machine and
 //! installs the BPF toolchain before anything that needs it is compiled; the demo and the
 //! guest image are `ipip-lab` in the tests crate, run after setup.
@@ -39,6 +39,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Setup and build, then measure ipip next to plain routing and the kernel's VXLAN
+    /// (needs root; about 4 minutes, `--quick` under 2). `cargo xtask bench -- --help`.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Passed to `ipip-lab bench`: --quick, --runs N, --out DIR, --help.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -48,7 +56,8 @@ fn main() {
         Command::Build => setup::setup().and_then(|()| cmd::cargo(&["build", "--workspace"])),
         Command::Guest => setup::toolchain().and_then(|()| cmd::lab(&["guest"])),
         Command::Test => test::test(),
-        Command::Run { args } => run(&args),
+        Command::Run { args } => lab("run", &args),
+        Command::Bench { args } => lab("bench", &args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -56,11 +65,12 @@ fn main() {
     }
 }
 
-fn run(args: &[String]) -> anyhow::Result<()> {
+/// `ipip-lab WHAT ARGS` after setup and a build (only the toolchain for `--help`).
+fn lab(what: &str, args: &[String]) -> anyhow::Result<()> {
     let help = args.iter().any(|a| a == "--help" || a == "-h");
     anyhow::ensure!(
         help || cmd::is_root(),
-        "`cargo xtask run` must run as root: it creates network namespaces and attaches XDP/TC programs"
+        "`cargo xtask {what}` must run as root: it creates network namespaces and attaches XDP/TC programs"
     );
     if help {
         setup::toolchain()?;
@@ -69,7 +79,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         println!("==> building the workspace");
         cmd::cargo(&["build", "--workspace"])?;
     }
-    let mut all = vec!["run"];
+    let mut all = vec![what];
     all.extend(args.iter().map(String::as_str));
     cmd::lab(&all)
 }

@@ -2,6 +2,7 @@
 //! here, beside the harness it drives, so that xtask itself builds on a machine that has no
 //! BPF toolchain yet (xtask installs it, then runs this).
 
+mod bench;
 mod guest;
 mod run;
 
@@ -24,6 +25,8 @@ enum Command {
     Guest,
     /// Bring up one of the seed's examples in network namespaces (needs root).
     Run(run::RunArgs),
+    /// Measure ipip next to plain routing and the kernel's VXLAN (needs root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -31,6 +34,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Guest => guest::build(),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     if let Err(e) = result {
         eprintln!("ipip-lab: error: {e:#}");

@@ -1,0 +1,188 @@
+//! End to end over network namespaces: two hosts on one veth pair, each variant measured with
+//! the same tools in the same topology, rounds interleaved (plain, VXLAN, ipip per hook, then
+//! again), so that drift of the machine hits every variant alike.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use ipip_tests::perf::{request_response, wait_quiet, Iperf, Pinning};
+use ipip_tests::{HostToHost, IpipUser, Node, Underlay};
+
+use super::Plan;
+
+/// Sender on CPU 0, receiver on CPU 1.
+const PIN: Pinning = Some((0, 1));
+/// VXLAN overlay addresses (VNI 42 over the same veth).
+const VXLAN: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(192, 168, 42, 1),
+    Ipv4Addr::new(192, 168, 42, 2),
+];
+
+/// What carries the traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Variant {
+    /// The underlay addresses, no tunnel.
+    Plain,
+    /// The kernel's VXLAN device over the same veth.
+    Vxlan,
+    /// ipip with `--decap tc` (what `auto` picks on veth).
+    IpipTc,
+    /// ipip with `--decap xdp`.
+    IpipXdp,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 4] = [
+        Variant::Plain,
+        Variant::Vxlan,
+        Variant::IpipTc,
+        Variant::IpipXdp,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain routing",
+            Variant::Vxlan => "kernel VXLAN",
+            Variant::IpipTc => "ipip --decap tc (auto on veth)",
+            Variant::IpipXdp => "ipip --decap xdp",
+        }
+    }
+}
+
+/// One variant's figures from one round.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    pub tcp1_gbit_s: f64,
+    pub tcp4_gbit_s: f64,
+    pub udp64_rx_kpps: f64,
+    pub udp64_tx_kpps: f64,
+    pub rr_p50_us: f64,
+    pub rr_p99_us: f64,
+    /// The machine was busy before a measurement even after waiting.
+    pub disturbed: bool,
+}
+
+/// Every round of every variant.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Series {
+    pub topology: &'static str,
+    pub method: &'static str,
+    pub variants: Vec<(Variant, Vec<Sample>)>,
+}
+
+pub fn host_to_host(plan: &Plan) -> Result<Series> {
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    for (n, me, other, addr) in [(d, d, c, VXLAN[0]), (c, c, d, VXLAN[1])] {
+        let (local, remote) = (me.underlay.to_string(), other.underlay.to_string());
+        n.ns.script(&format!(
+            "ip link add vx0 type vxlan id 42 local {local} remote {remote} dstport 4789 dev {}
+             ip addr add {addr}/24 dev vx0
+             ip link set vx0 up",
+            n.iface
+        ))
+        .with_context(|| format!("VXLAN on {}", n.name))?;
+    }
+    let mut variants: Vec<(Variant, Vec<Sample>)> =
+        Variant::ALL.iter().map(|v| (*v, Vec::new())).collect();
+    for round in 0..plan.runs {
+        for (v, samples) in variants.iter_mut() {
+            println!(
+                "==> host to host, round {}/{}: {}",
+                round + 1,
+                plan.runs,
+                v.label()
+            );
+            // A run the machine disturbed (busy before it started) is repeated, boundedly.
+            let mut s = measure_variant(&ipip, d, c, *v, plan)
+                .with_context(|| format!("{} (round {})", v.label(), round + 1))?;
+            for _ in 0..2 {
+                if !s.disturbed {
+                    break;
+                }
+                println!("    the machine was busy: repeating");
+                s = measure_variant(&ipip, d, c, *v, plan)?;
+            }
+            println!(
+                "    TCP {:.1} / {:.1} Gbit/s, UDP 64 B {:.0} kpps received, RR p50 {:.1} µs p99 {:.1} µs{}",
+                s.tcp1_gbit_s,
+                s.tcp4_gbit_s,
+                s.udp64_rx_kpps,
+                s.rr_p50_us,
+                s.rr_p99_us,
+                if s.disturbed { " (disturbed)" } else { "" }
+            );
+            samples.push(s);
+        }
+    }
+    Ok(Series {
+        topology: "two hosts, one veth pair (doolittle ↔ calculon)",
+        method: "iperf3 TCP 1 and 4 streams and UDP 64-byte datagrams (-b 0), sender pinned to CPU 0 and receiver to CPU 1 (-A); request/response: 64 bytes each way over one TCP connection (TCP_NODELAY), first tenth not counted",
+        variants,
+    })
+}
+
+/// Addresses the variant's traffic uses: (doolittle side, calculon side).
+fn endpoints(v: Variant, d: &Node, c: &Node) -> (Ipv4Addr, Ipv4Addr) {
+    match v {
+        Variant::Plain => (d.underlay, c.underlay),
+        Variant::Vxlan => (VXLAN[0], VXLAN[1]),
+        Variant::IpipTc | Variant::IpipXdp => (d.private, c.private),
+    }
+}
+
+fn measure_variant(ipip: &IpipUser, d: &Node, c: &Node, v: Variant, plan: &Plan) -> Result<Sample> {
+    let hook = match v {
+        Variant::IpipTc => Some("tc"),
+        Variant::IpipXdp => Some("xdp"),
+        _ => None,
+    };
+    if let Some(hook) = hook {
+        for n in [d, c] {
+            let peers = n.peers.to_string_lossy();
+            ipip.run(
+                &n.ns,
+                &["attach", n.iface, "--peers", &peers, "--decap", hook],
+            )?;
+        }
+    }
+    let result = measure(d, c, endpoints(v, d, c), plan);
+    if hook.is_some() {
+        for n in [d, c] {
+            ipip.detach(&n.ns, n.iface)?;
+        }
+    }
+    result
+}
+
+fn measure(d: &Node, c: &Node, (src, dst): (Ipv4Addr, Ipv4Addr), plan: &Plan) -> Result<Sample> {
+    let mut s = Sample::default();
+    let iperf = |seconds, port| Iperf {
+        client: &d.ns,
+        server: &c.ns,
+        src,
+        dst,
+        port,
+        seconds,
+        pin: PIN,
+    };
+    let quiet = |s: &mut Sample| {
+        if !wait_quiet(0.15, 10) {
+            s.disturbed = true;
+        }
+    };
+    quiet(&mut s);
+    s.tcp1_gbit_s = iperf(plan.tcp_seconds, 5301).tcp(1)?.gbit_s;
+    quiet(&mut s);
+    s.tcp4_gbit_s = iperf(plan.tcp_seconds, 5302).tcp(4)?.gbit_s;
+    quiet(&mut s);
+    let udp = iperf(plan.udp_seconds, 5303).udp(64)?;
+    s.udp64_rx_kpps = udp.received_pps / 1e3;
+    s.udp64_tx_kpps = udp.sent_pps / 1e3;
+    quiet(&mut s);
+    let rr = request_response(&d.ns, &c.ns, src, dst, 5304, plan.rr_exchanges, PIN)?;
+    s.rr_p50_us = rr.p50_us;
+    s.rr_p99_us = rr.p99_us;
+    Ok(s)
+}

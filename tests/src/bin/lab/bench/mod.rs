@@ -1,0 +1,75 @@
+//! `cargo xtask bench`: ipip next to plain routing and the kernel's VXLAN on the same
+//! machine, in the same run, interleaved. Writes Markdown and JSON under `--out`.
+
+mod e2e;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A reduced set (one run, short durations) for a smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Runs of every variant, interleaved (default 3, or 1 with --quick).
+    #[arg(long)]
+    runs: Option<u32>,
+    /// Where the results go (a timestamped folder is made inside, `latest.md` and
+    /// `latest.json` beside it).
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+}
+
+/// How long and how often: full or `--quick`.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Plan {
+    pub runs: u32,
+    pub tcp_seconds: u32,
+    pub udp_seconds: u32,
+    pub rr_exchanges: usize,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    ipip_tests::require_root()?;
+    let plan = if args.quick {
+        Plan {
+            runs: args.runs.unwrap_or(1),
+            tcp_seconds: 1,
+            udp_seconds: 1,
+            rr_exchanges: 2_000,
+        }
+    } else {
+        Plan {
+            runs: args.runs.unwrap_or(3),
+            tcp_seconds: 5,
+            udp_seconds: 3,
+            rr_exchanges: 20_000,
+        }
+    };
+    anyhow::ensure!(plan.runs > 0, "--runs must be at least 1");
+    let machine = report::Machine::read();
+    println!("==> bench on {}", machine.describe());
+    let host = e2e::host_to_host(&plan)?;
+    let results = report::Results {
+        machine,
+        plan,
+        host_to_host: host,
+    };
+    let dir = args.out.join(report::timestamp());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md = results.markdown();
+    let json = serde_json::to_string_pretty(&results)?;
+    for (name, text) in [("bench.md", &md), ("bench.json", &json)] {
+        std::fs::write(dir.join(name), text)
+            .with_context(|| format!("writing {}", dir.join(name).display()))?;
+    }
+    for (name, text) in [("latest.md", &md), ("latest.json", &json)] {
+        std::fs::write(args.out.join(name), text)?;
+    }
+    println!("{md}");
+    println!("==> written to {} (and latest.* beside it)", dir.display());
+    Ok(())
+}
