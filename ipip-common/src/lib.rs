@@ -3,8 +3,14 @@
 //! the sizes. Addresses are stored as network-order `[u8; 4]` and read through accessors.
 #![no_std]
 
+mod bench;
 mod counters;
 mod maps;
+
+pub use bench::{
+    BenchFrame, BENCH_FRAME_MAX, MAP_BENCH_FRAME, MAP_BENCH_TC_TARGET, MAP_BENCH_XDP_TARGET,
+    PROG_BENCH_TC, PROG_BENCH_TC_OK, PROG_BENCH_XDP, PROG_BENCH_XDP_PASS, PROG_BENCH_XDP_REF_ENCAP,
+};
 
 pub use counters::{Path, PeerCounters, Reason, PATH_COUNT, REASON_COUNT};
 pub use maps::{
@@ -33,6 +39,7 @@ mod pod {
     unsafe impl aya::Pod for PeerCounters {}
     unsafe impl aya::Pod for PeerName {}
     unsafe impl aya::Pod for PeerPmtu {}
+    unsafe impl aya::Pod for BenchFrame {}
     unsafe impl bytemuck::Zeroable for PeerCounters {}
     unsafe impl bytemuck::Pod for PeerCounters {}
 }

@@ -16,6 +16,10 @@ use crate::plan::{peer_name, Plan};
 /// The embedded object, built by build.rs from ipip-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipip"));
 
+/// The bench harness object (`cargo xtask bench`); ipip-user itself never loads it.
+pub static BENCH_HARNESS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipip-bench"));
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("loading the eBPF object failed: {0}")]

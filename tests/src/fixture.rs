@@ -432,6 +432,23 @@ pub fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
         .collect()
 }
 
+/// The ifindex of `name` in the calling thread's namespace.
+pub fn ifindex(name: &str) -> u32 {
+    nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("no interface {name}: {e}"))
+}
+
+/// The MAC of `name` in the calling thread's namespace.
+pub fn mac_of(name: &str) -> [u8; 6] {
+    nix::ifaddrs::getifaddrs()
+        .expect("getifaddrs")
+        .filter(|a| a.interface_name == name)
+        .find_map(|a| {
+            a.address
+                .and_then(|s| s.as_link_addr().and_then(|l| l.addr()))
+        })
+        .unwrap_or_else(|| panic!("no MAC for {name}"))
+}
+
 /// Runs `prog` once on `frame`, for XDP programs as received on `ingress` (an ifindex in the
 /// calling thread's network namespace) when given: (return value, output frame).
 pub fn run_on(

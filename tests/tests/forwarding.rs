@@ -137,23 +137,6 @@ routes = ["10.205.0.0/24"]
 const PEER_COUNT: u32 = 6;
 const P_FAR: u32 = 0;
 
-/// The ifindex of `name` in the calling thread's namespace.
-fn ifindex(name: &str) -> u32 {
-    nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("no interface {name}: {e}"))
-}
-
-/// The MAC of `name` in the calling thread's namespace.
-fn mac_of(name: &str) -> [u8; 6] {
-    nix::ifaddrs::getifaddrs()
-        .expect("getifaddrs")
-        .filter(|a| a.interface_name == name)
-        .find_map(|a| {
-            a.address
-                .and_then(|s| s.as_link_addr().and_then(|l| l.addr()))
-        })
-        .unwrap_or_else(|| panic!("no MAC for {name}"))
-}
-
 /// Loads the data path from `toml` (underlay wan0, 1500 bytes) with the tunnel flags `flags`
 /// and lets the fast path redirect to `fwd_devs`. Call on a thread inside the namespace: the
 /// device map resolves ifindexes in the caller's namespace.

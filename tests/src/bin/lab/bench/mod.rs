@@ -2,6 +2,7 @@
 //! machine, in the same run, interleaved. Writes Markdown and JSON under `--out`.
 
 mod e2e;
+mod prog;
 mod report;
 
 use std::path::PathBuf;
@@ -52,10 +53,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     anyhow::ensure!(plan.runs > 0, "--runs must be at least 1");
     let machine = report::Machine::read();
     println!("==> bench on {}", machine.describe());
+    println!("==> per-packet cost (BPF_PROG_TEST_RUN)");
+    let per_packet = prog::per_packet(args.quick)?;
     let host = e2e::host_to_host(&plan)?;
     let results = report::Results {
         machine,
         plan,
+        per_packet,
         host_to_host: host,
     };
     let dir = args.out.join(report::timestamp());

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::e2e::{Sample, Series, Variant};
+use super::prog::Costs;
 use super::Plan;
 
 /// What the figures were measured on.
@@ -39,6 +40,7 @@ impl Machine {
 pub struct Results {
     pub machine: Machine,
     pub plan: Plan,
+    pub per_packet: Costs,
     pub host_to_host: Series,
 }
 
@@ -119,6 +121,7 @@ fn cell(s: Spread, runs: usize) -> String {
 impl Results {
     pub fn markdown(&self) -> String {
         let mut md = String::new();
+        self.per_packet_markdown(&mut md);
         let s = &self.host_to_host;
         let _ = writeln!(md, "### {}\n", s.topology);
         let _ = writeln!(
@@ -159,6 +162,30 @@ impl Results {
             "\nPercentages are of plain routing's median. {disturbed} sample(s) still disturbed after repeating."
         );
         md
+    }
+
+    fn per_packet_markdown(&self, md: &mut String) {
+        let p = &self.per_packet;
+        let _ = writeln!(md, "### Per packet\n\n{}.\n", p.method);
+        let floor = p.cases.first().map_or(f64::NAN, |c| c.ns);
+        let _ = writeln!(
+            md,
+            "| program | what it does | ns/packet | net ns | × XDP_PASS | net × reference encap |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for c in &p.cases {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                c.name,
+                c.what,
+                c.ns,
+                c.net_ns,
+                c.ns / floor,
+                c.net_ns / p.reference_net_ns
+            );
+        }
+        let _ = writeln!(md);
     }
 
     fn median_of(&self, v: Variant, get: fn(&Sample) -> f64) -> f64 {
