@@ -64,6 +64,8 @@ pub struct Accepted {
     pub outer_hlen: usize,
     /// The tunnel's `TUNNEL_FLAG_*`, read once here for the caller.
     pub tunnel_flags: u32,
+    /// The inner packet is for the tunnel address: local delivery, no FIB lookup needed.
+    pub to_tunnel_address: bool,
 }
 
 /// Layout of an ICMP "fragmentation needed" as the decapsulators see it, from the frame start.
@@ -162,6 +164,8 @@ struct Outer {
     len: usize,
     tos: u8,
     tunnel_flags: u32,
+    /// The tunnel (overlay) address, network order; 0 when none.
+    address: [u8; 4],
 }
 
 enum Checked {
@@ -213,6 +217,7 @@ fn check_outer<C: Packet>(frame: &Frame<C>) -> Result<Checked, Error> {
         len: outer_len,
         tos: outer.tos,
         tunnel_flags: config.flags,
+        address: config.address,
     }))
 }
 
@@ -224,6 +229,7 @@ fn ipip<C: Packet>(frame: &mut Frame<C>) -> Result<Ours, Error> {
         len: outer_len,
         tos: outer_tos,
         tunnel_flags,
+        address,
     } = match check_outer(frame)? {
         Checked::Whole(o) => o,
         Checked::Fragment(f) => return Ok(Ours::Fragment(f)),
@@ -259,11 +265,13 @@ fn ipip<C: Packet>(frame: &mut Frame<C>) -> Result<Ours, Error> {
         }
     }
 
+    let to_tunnel_address = address != [0; 4] && inner.dst_addr == address;
     Ok(Ours::Ipip(Accepted {
         peer,
         inner_len,
         outer_hlen,
         tunnel_flags,
+        to_tunnel_address,
     }))
 }
 

@@ -42,7 +42,8 @@ fn try_decap(frame: &mut Frame<XdpContext>) -> Result<u32, Error> {
 fn decap(frame: &mut Frame<XdpContext>, accepted: Accepted) -> Result<u32, Error> {
     // 20..=60, and the verifier is told so.
     let hlen = accepted.outer_hlen & 0x3c;
-    if accepted.tunnel_flags & TUNNEL_FLAG_FAST_PATH != 0 {
+    // Traffic for the tunnel address is delivered here: no lookup can make it transit.
+    if accepted.tunnel_flags & TUNNEL_FLAG_FAST_PATH != 0 && !accepted.to_tunnel_address {
         if let Some(action) = forward_fast(frame, accepted.peer, accepted.inner_len, hlen)? {
             return Ok(action);
         }
