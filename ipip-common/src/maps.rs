@@ -50,8 +50,22 @@ pub const PROG_TC_EGRESS: &str = "ipip_tc_encap";
 pub const PROG_TC_INGRESS: &str = "ipip_tc_decap";
 pub const PROG_XDP_LAN: &str = "ipip_xdp_lan";
 
-pub const MAX_PEERS: u32 = 1024;
-pub const MAX_ROUTES: u32 = 16384;
+/// Hard limits: the loader sizes the peer and route maps for each attachment (from the peers
+/// file, or `[tunnel] max_peers` / `max_routes`) within these. The object's own declarations
+/// are only placeholders that the loader always overrides.
+pub const MAX_PEERS: u32 = 65_536;
+pub const MAX_ROUTES: u32 = 4_194_304;
+/// The smallest capacities the loader makes, so that small files keep headroom.
+pub const MIN_PEERS_CAPACITY: u32 = 64;
+pub const MIN_ROUTES_CAPACITY: u32 = 1024;
+/// Maps with one entry per peer, sized together.
+pub const PEER_MAPS: [&str; 5] = [
+    MAP_PEERS,
+    MAP_PEER_BY_REMOTE,
+    MAP_PEER_STATS,
+    MAP_PEER_NAMES,
+    MAP_PEER_PMTU,
+];
 
 /// `ttl` value meaning "copy the inner packet's TTL" (Linux's `ttl inherit`, its default).
 pub const TTL_INHERIT: u8 = 0;

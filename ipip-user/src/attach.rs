@@ -9,6 +9,7 @@ use aya::{
     maps::{Array, MapData},
     programs::{links::FdLink, xdp::XdpMode, TcAttachType},
 };
+use futures::{StreamExt as _, TryStreamExt as _};
 use ipip_common::{
     TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP, PROG_XDP_LAN,
     TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC, TUNNEL_FLAG_FAST_PATH,
@@ -16,7 +17,7 @@ use ipip_common::{
 };
 
 use crate::{
-    config::PeersFile,
+    config::{Capacity, PeersFile},
     datapath::Datapath,
     forward_pmtu,
     hook::{self, Choice, DecapArg, Hook},
@@ -53,6 +54,8 @@ pub struct Attached {
     pub tunnel_mtu: u32,
     pub peers: usize,
     pub routes: Vec<String>,
+    /// What the peer and route maps were sized for.
+    pub capacity: Capacity,
 }
 
 /// Everything attach resolved before making any change.
@@ -248,6 +251,12 @@ pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
     }
 }
 
+/// Route requests kept in flight on the netlink socket: the kernel handles them one by one,
+/// but waiting for each answer before sending the next would cost a round trip per route.
+const NETLINK_IN_FLIGHT: usize = 256;
+/// Above this many routes attach says what it is doing while it does it.
+const ROUTES_WORTH_A_NOTE: usize = 10_000;
+
 /// What an attach changed outside its pins, for the rollback to undo.
 #[derive(Default)]
 struct Made {
@@ -262,7 +271,7 @@ async fn install(
     made: &mut Made,
 ) -> Result<Attached> {
     let iface = &p.link.name;
-    let mut dp = Datapath::load()?;
+    let mut dp = Datapath::load(p.plan.capacity)?;
     dp.fill(&p.plan)?;
     p.dir
         .create()
@@ -346,18 +355,36 @@ async fn install(
         tunnel.flags |= TUNNEL_FLAG_FWD_USE_PMTU;
         dp.set_tunnel(&tunnel)?;
     }
-    let mut routes = Vec::new();
-    for (peer, hop) in p.plan.peers.iter().zip(&p.next_hops) {
-        // Via the underlay next hop toward the peer: the Ethernet header the kernel builds is
-        // then already right for the encapsulated packet, on-link peer or behind a router.
-        let gateway = hop.unwrap_or(Ipv4Addr::from(peer.config.remote));
-        for r in &peer.routes {
-            nl.add_route(*r, Some(gateway), p.link.index, src, p.plan.tunnel_mtu)
-                .await
-                .with_context(|| format!("installing the route for peer {}", peer.name))?;
-            routes.push(format!("{r} via {gateway} ({})", peer.name));
-        }
+    // Via the underlay next hop toward the peer: the Ethernet header the kernel builds is then
+    // already right for the encapsulated packet, on-link peer or behind a router.
+    let wanted: Vec<(ipnet::Ipv4Net, Ipv4Addr, &str)> = p
+        .plan
+        .peers
+        .iter()
+        .zip(&p.next_hops)
+        .flat_map(|(peer, hop)| {
+            let gateway = hop.unwrap_or(Ipv4Addr::from(peer.config.remote));
+            peer.routes
+                .iter()
+                .map(move |r| (*r, gateway, peer.name.as_str()))
+        })
+        .collect();
+    if wanted.len() >= ROUTES_WORTH_A_NOTE {
+        eprintln!("installing {} routes on {iface}...", wanted.len());
     }
+    let installed = futures::stream::iter(wanted.iter().map(|(r, gateway, name)| async move {
+        nl.add_route(*r, Some(*gateway), p.link.index, src, p.plan.tunnel_mtu)
+            .await
+            .with_context(|| format!("installing the route for peer {name}"))
+    }))
+    .buffer_unordered(NETLINK_IN_FLIGHT)
+    .try_collect::<Vec<()>>()
+    .await;
+    installed?;
+    let routes = wanted
+        .iter()
+        .map(|(r, gateway, name)| format!("{r} via {gateway} ({name})"))
+        .collect();
     Ok(Attached {
         interface: iface.clone(),
         pin_dir: p.dir.path.display().to_string(),
@@ -370,6 +397,7 @@ async fn install(
         tunnel_mtu: p.plan.tunnel_mtu,
         peers: p.plan.peers.len(),
         routes,
+        capacity: p.plan.capacity,
     })
 }
 
@@ -456,10 +484,14 @@ async fn teardown(
             first_err.get_or_insert(e);
         }
     }
-    for r in nl.our_routes(ifindex).await? {
-        if let Err(e) = nl.del_route(r).await {
-            first_err.get_or_insert(anyhow::Error::new(e));
-        }
+    let ours = nl.our_routes(ifindex).await?;
+    let results: Vec<Result<(), NetError>> =
+        futures::stream::iter(ours.into_iter().map(|r| nl.del_route(r)))
+            .buffer_unordered(NETLINK_IN_FLIGHT)
+            .collect()
+            .await;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        first_err.get_or_insert(anyhow::Error::new(e));
     }
     if let Some(addr) = added_address {
         match nl.del_address(ifindex, addr).await {

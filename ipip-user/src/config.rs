@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use ipip_common::{MAX_PEERS, MAX_ROUTES, PEER_NAME_LEN};
+use ipip_common::{MAX_PEERS, MAX_ROUTES, MIN_PEERS_CAPACITY, MIN_ROUTES_CAPACITY, PEER_NAME_LEN};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use toml::Spanned;
@@ -32,6 +32,17 @@ pub struct Tunnel {
     pub pmtudisc: bool,
     /// LAN interfaces of a gateway that get the XDP fast path (`attach --lan` adds more).
     pub lan: Vec<String>,
+    /// Capacity of the peer maps (`max_peers`); `None`: sized from the file.
+    pub max_peers: Option<u32>,
+    /// Capacity of the route map (`max_routes`); `None`: sized from the file.
+    pub max_routes: Option<u32>,
+}
+
+/// How many peers and routes an attachment's maps hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Capacity {
+    pub peers: u32,
+    pub routes: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +109,27 @@ impl PeersFile {
     pub fn route_count(&self) -> usize {
         self.peers.iter().map(|p| p.routes.len()).sum()
     }
+
+    /// The map capacities for this file: `[tunnel] max_peers` / `max_routes` when set, else
+    /// twice what the file uses (rounded up to a power of two, at least
+    /// MIN_PEERS_CAPACITY / MIN_ROUTES_CAPACITY, at most MAX_PEERS / MAX_ROUTES), which
+    /// leaves a reload room to grow.
+    pub fn capacity(&self) -> Capacity {
+        let sized = |used: usize, min: u32, max: u32| {
+            let want = (used as u64 * 2).next_power_of_two();
+            want.clamp(u64::from(min), u64::from(max)) as u32
+        };
+        Capacity {
+            peers: self
+                .tunnel
+                .max_peers
+                .unwrap_or_else(|| sized(self.peers.len(), MIN_PEERS_CAPACITY, MAX_PEERS)),
+            routes: self
+                .tunnel
+                .max_routes
+                .unwrap_or_else(|| sized(self.route_count(), MIN_ROUTES_CAPACITY, MAX_ROUTES)),
+        }
+    }
 }
 
 impl fmt::Display for Ttl {
@@ -144,6 +176,8 @@ struct RawTunnel {
     pmtudisc: Option<Spanned<bool>>,
     #[serde(default)]
     lan: Vec<Spanned<String>>,
+    max_peers: Option<Spanned<i64>>,
+    max_routes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -206,8 +240,19 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
             tos: Tos::Fixed(0),
             pmtudisc: true,
             lan: Vec::new(),
+            max_peers: None,
+            max_routes: None,
         },
         Some(t) => validate_tunnel(t)?,
+    };
+    let peer_limit = tunnel.max_peers.unwrap_or(MAX_PEERS) as usize;
+    let route_limit = tunnel.max_routes.unwrap_or(MAX_ROUTES) as usize;
+    let limit_source = |set: bool, key: &str, max: u32| {
+        if set {
+            format!("[tunnel] {key}")
+        } else {
+            format!("the limit ({max}; raise [tunnel] {key} up to it)")
+        }
     };
     if raw.peers.is_empty() {
         return Err(Located {
@@ -216,10 +261,14 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
                 .into(),
         });
     }
-    if raw.peers.len() > MAX_PEERS as usize {
+    if raw.peers.len() > peer_limit {
         return Err(at(
-            &raw.peers[MAX_PEERS as usize],
-            format!("too many peers: at most {MAX_PEERS}"),
+            &raw.peers[peer_limit],
+            format!(
+                "too many peers: {} listed, {} allows {peer_limit}",
+                raw.peers.len(),
+                limit_source(tunnel.max_peers.is_some(), "max_peers", MAX_PEERS)
+            ),
         ));
     }
     let mut peers = Vec::with_capacity(raw.peers.len());
@@ -304,32 +353,43 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
             routes,
         });
     }
-    if prefixes.len() > MAX_ROUTES as usize {
-        return Err(at(
-            &raw.peers[raw.peers.len() - 1],
-            format!("too many routes: at most {MAX_ROUTES}"),
-        ));
+    if prefixes.len() > route_limit {
+        let (_, span) = &route_spans[route_limit];
+        return Err(Located {
+            span: span.clone(),
+            message: format!(
+                "too many routes: {} listed, {} allows {route_limit}",
+                prefixes.len(),
+                limit_source(tunnel.max_routes.is_some(), "max_routes", MAX_ROUTES)
+            ),
+        });
     }
+    let span_of: HashMap<Ipv4Net, Range<usize>> = route_spans.into_iter().collect();
     // A route covering a peer's underlay address would send the tunnel's own packets into the
-    // tunnel: refuse it rather than loop.
-    for (net, span) in &route_spans {
-        for peer in &peers {
-            if net.contains(&peer.remote) {
-                return Err(Located {
-                    span: span.clone(),
-                    message: format!(
-                        "route {net} contains peer {}'s remote address {}: the tunnel would route its own packets into itself",
-                        peer.name, peer.remote
-                    ),
-                });
-            }
-        }
-        if let Some(local) = tunnel.local.filter(|l| net.contains(l)) {
+    // tunnel: refuse it rather than loop. Each address is looked up at its 33 prefix lengths,
+    // so a million routes cost no more than a few.
+    let covering = |addr: Ipv4Addr| {
+        (0..=32u8).rev().find_map(|len| {
+            let net = Ipv4Net::new(addr, len).ok()?.trunc();
+            prefixes.contains_key(&net).then_some(net)
+        })
+    };
+    for peer in &peers {
+        if let Some(net) = covering(peer.remote) {
             return Err(Located {
-                span: span.clone(),
-                message: format!("route {net} contains this host's [tunnel] local address {local}"),
+                span: span_of[&net].clone(),
+                message: format!(
+                    "route {net} contains peer {}'s remote address {}: the tunnel would route its own packets into itself",
+                    peer.name, peer.remote
+                ),
             });
         }
+    }
+    if let Some((local, net)) = tunnel.local.and_then(|l| covering(l).map(|n| (l, n))) {
+        return Err(Located {
+            span: span_of[&net].clone(),
+            message: format!("route {net} contains this host's [tunnel] local address {local}"),
+        });
     }
     Ok(PeersFile { tunnel, peers })
 }
@@ -391,6 +451,17 @@ fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {
         }
         lan.push(name.to_string());
     }
+    let limit = |v: &Option<Spanned<i64>>, key: &str, max: u32| {
+        v.as_ref()
+            .map(|n| match u32::try_from(*n.get_ref()) {
+                Ok(x) if (1..=max).contains(&x) => Ok(x),
+                _ => Err(at(
+                    n,
+                    format!("[tunnel] {key} must be 1..={max}, not {}", n.get_ref()),
+                )),
+            })
+            .transpose()
+    };
     Ok(Tunnel {
         local,
         address,
@@ -398,6 +469,8 @@ fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {
         tos,
         pmtudisc,
         lan,
+        max_peers: limit(&t.max_peers, "max_peers", MAX_PEERS)?,
+        max_routes: limit(&t.max_routes, "max_routes", MAX_ROUTES)?,
     })
 }
 
@@ -596,5 +669,89 @@ routes = ["10.0.2.0/24", "10.10.10.0/24"]
     fn overlapping_prefixes_of_different_length_are_allowed() {
         let f = parse("[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [\"10.0.0.0/8\"]\n[[peer]]\nname = \"b\"\nremote = \"192.0.2.2\"\nroutes = [\"10.1.0.0/16\"]\n").unwrap();
         assert_eq!(f.peers.len(), 2);
+    }
+
+    /// `n` peers on 192.0.2.0/24 and neighbours, `routes` /32s each under 10.0.0.0/8.
+    fn big_file(tunnel: &str, n: usize, routes: usize) -> String {
+        let mut t = format!("[tunnel]\n{tunnel}\n");
+        let mut next = 0u32;
+        for i in 0..n {
+            let remote = Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 0, 2, 0)) + i as u32 + 1);
+            t.push_str(&format!(
+                "[[peer]]\nname = \"p{i}\"\nremote = \"{remote}\"\nroutes = ["
+            ));
+            for _ in 0..routes {
+                let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + next);
+                next += 1;
+                t.push_str(&format!("\"{a}/32\","));
+            }
+            t.push_str("]\n");
+        }
+        t
+    }
+
+    #[test]
+    fn capacity_follows_the_file_with_headroom_or_the_tunnel_limits() {
+        let f = parse(SEED).unwrap();
+        assert_eq!(
+            f.capacity(),
+            Capacity {
+                peers: MIN_PEERS_CAPACITY,
+                routes: MIN_ROUTES_CAPACITY
+            }
+        );
+        let f = parse(&big_file("", 100, 300)).unwrap();
+        assert_eq!(f.route_count(), 30_000);
+        assert_eq!(
+            f.capacity(),
+            Capacity {
+                peers: 256,
+                routes: 65_536
+            }
+        );
+        let f = parse(&big_file("max_peers = 150\nmax_routes = 30000", 100, 300)).unwrap();
+        assert_eq!(
+            f.capacity(),
+            Capacity {
+                peers: 150,
+                routes: 30_000
+            }
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced_with_the_setting_named() {
+        let e = error(&big_file("max_peers = 2", 3, 1));
+        assert!(
+            e.contains("too many peers: 3 listed, [tunnel] max_peers allows 2"),
+            "{e}"
+        );
+        let e = error(&big_file("max_routes = 5", 2, 3));
+        assert!(
+            e.contains("too many routes: 6 listed, [tunnel] max_routes allows 5"),
+            "{e}"
+        );
+        for bad in [
+            "max_peers = 0",
+            "max_peers = 65537",
+            "max_routes = -1",
+            "max_routes = 4194305",
+        ] {
+            let e = error(&big_file(bad, 1, 1));
+            assert!(e.contains("must be 1..="), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_route_covering_a_remote_is_found_among_many() {
+        let mut text = big_file("", 50, 2000);
+        text.push_str(
+            "[[peer]]\nname = \"wide\"\nremote = \"198.51.100.1\"\nroutes = [\"192.0.2.0/25\"]\n",
+        );
+        let e = error(&text);
+        assert!(
+            e.contains("route 192.0.2.0/25 contains peer p0's remote address 192.0.2.1"),
+            "{e}"
+        );
     }
 }

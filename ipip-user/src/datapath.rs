@@ -7,10 +7,11 @@ use aya::{
 };
 use ipip_common::{
     PeerConfig, PeerName, TunnelConfig, MAP_CONFIG, MAP_FWD_DEVS, MAP_LAN_MACS, MAP_PEERS,
-    MAP_PEER_BY_REMOTE, MAP_PEER_NAMES, MAP_ROUTES, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    MAP_PEER_BY_REMOTE, MAP_PEER_NAMES, MAP_ROUTES, PEER_MAPS, PROG_TC_EGRESS, PROG_TC_INGRESS,
     PROG_XDP_DECAP, PROG_XDP_LAN,
 };
 
+use crate::config::Capacity;
 use crate::plan::{peer_name, Plan};
 
 /// The embedded object, built by build.rs from ipip-ebpf.
@@ -52,8 +53,14 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the object and both programs into the kernel (maps created, nothing attached).
-    pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+    /// Loads the object with the peer and route maps sized to `capacity`.
+    pub fn load(capacity: Capacity) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_ROUTES, capacity.routes);
+        for name in PEER_MAPS {
+            loader.map_max_entries(name, capacity.peers);
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for name in [PROG_XDP_DECAP, PROG_XDP_LAN] {
             let xdp: &mut Xdp = prog_mut(&mut ebpf, name)?;
             xdp.load()

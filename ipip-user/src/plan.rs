@@ -9,7 +9,7 @@ use ipip_common::{
 };
 use ipnet::Ipv4Net;
 
-use crate::config::{PeersFile, Tos, Ttl};
+use crate::config::{Capacity, PeersFile, Tos, Ttl};
 
 /// The facts about the underlay interface that the plan depends on.
 #[derive(Clone, Debug)]
@@ -31,6 +31,8 @@ pub struct Plan {
     /// Largest inner packet: underlay MTU − 20 (Linux: 1480 on a 1500 link).
     pub tunnel_mtu: u32,
     pub peers: Vec<PlannedPeer>,
+    /// How many peers and routes the maps are sized for.
+    pub capacity: Capacity,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +90,7 @@ impl Plan {
             .collect::<Vec<_>>();
         let address = file.tunnel.address;
         Plan {
+            capacity: file.capacity(),
             tunnel: TunnelConfig {
                 local,
                 address: address.map_or([0; 4], |a| a.addr().octets()),

@@ -67,7 +67,7 @@ pub fn datapath_with(toml: &str, local: [u8; 4], adjust: impl FnOnce(&mut Plan))
     // reassembles fragments for XDP. XDP decapsulates either way.
     plan.tunnel.flags |= ipip_common::TUNNEL_FLAG_DECAP_TC;
     adjust(&mut plan);
-    let mut dp = Datapath::load().unwrap_or_else(|e| {
+    let mut dp = Datapath::load(plan.capacity).unwrap_or_else(|e| {
         panic!("packet tests need root (BPF_PROG_TEST_RUN); loading the data path failed: {e}")
     });
     dp.fill(&plan).expect("filling the maps");

@@ -446,3 +446,56 @@ fn detach_keeps_a_tunnel_address_it_did_not_add() -> Result<()> {
     );
     Ok(())
 }
+
+/// Beyond the old fixed map sizes (1,024 peers, 16,384 routes): the maps follow the file.
+/// 20,001 routes toward calculon are installed, carry traffic, and detach removes them all.
+#[test]
+fn maps_and_routes_follow_a_large_peers_file() -> Result<()> {
+    let (t, ipip) = topology(Underlay::Direct)?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    const EXTRA: u32 = 20_000;
+    let mut routes = vec![format!("\"{}\"", c.prefix)];
+    let base = u32::from(Ipv4Addr::new(10, 100, 0, 0));
+    routes.extend((0..EXTRA).map(|i| format!("\"{}/32\"", Ipv4Addr::from(base + i))));
+    let file = t.dir().join("doolittle-large.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[peer]]\nname = \"calculon\"\nremote = \"{}\"\nroutes = [{}]\n",
+            c.underlay,
+            routes.join(", ")
+        ),
+    )?;
+    let peers = file.to_string_lossy();
+    let started = std::time::Instant::now();
+    let out = ipip.run(&d.ns, &["attach", d.iface, "--peers", &peers, "--json"])?;
+    eprintln!(
+        "attach with {} routes took {:.2?}",
+        EXTRA + 1,
+        started.elapsed()
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).context("attach --json")?;
+    ensure!(
+        v["capacity"]["routes"].as_u64() == Some(65_536) && v["capacity"]["peers"] == 64,
+        "capacity not sized from the file: {}",
+        v["capacity"]
+    );
+    let installed = routes_proto_156(d)?.lines().count();
+    ensure!(
+        installed == (EXTRA + 1) as usize,
+        "{installed} routes installed, not {}",
+        EXTRA + 1
+    );
+    attach(&ipip, c)?;
+    must_ping(d, c, 2)?;
+    let started = std::time::Instant::now();
+    ipip.detach(&d.ns, d.iface)?;
+    eprintln!("detach took {:.2?}", started.elapsed());
+    let left = routes_proto_156(d)?;
+    ensure!(
+        left.is_empty(),
+        "{} routes left after detach",
+        left.lines().count()
+    );
+    Ok(())
+}
