@@ -13,6 +13,15 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts what it builds (CARGO_TARGET_DIR, or `target` in the workspace).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d,
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
 /// The cargo that runs us (falls back to the one on PATH).
 pub fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())

@@ -78,6 +78,11 @@ fn lab(what: &str, args: &[String]) -> anyhow::Result<()> {
         setup::setup()?;
         println!("==> building the workspace");
         cmd::cargo(&["build", "--workspace"])?;
+        if what == "bench" {
+            // Measure the binary users run, not a debug build.
+            cmd::cargo(&["build", "--release", "-p", "ipip-user"])?;
+            std::env::set_var("IPIP_USER_BIN", cmd::target_dir().join("release/ipip-user"));
+        }
     }
     let mut all = vec![what];
     all.extend(args.iter().map(String::as_str));

@@ -4,6 +4,7 @@
 mod e2e;
 mod prog;
 mod report;
+mod scale;
 
 use std::path::PathBuf;
 
@@ -56,11 +57,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!("==> per-packet cost (BPF_PROG_TEST_RUN)");
     let per_packet = prog::per_packet(args.quick)?;
     let host = e2e::host_to_host(&plan)?;
+    let scale = scale::scale(args.quick)?;
     let results = report::Results {
         machine,
         plan,
         per_packet,
         host_to_host: host,
+        scale,
     };
     let dir = args.out.join(report::timestamp());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

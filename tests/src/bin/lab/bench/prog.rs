@@ -605,3 +605,38 @@ fn measure_all(repeat: u32, runs: u32) -> Result<Vec<Cost>> {
     }
     Ok(out)
 }
+
+/// XDP decap (behind the harness) and TC encap (fresh skb) with `routes` scattered /32s in
+/// the route map, to a route of the first peer: raw ns per packet, floors included.
+pub fn cost_with_routes(routes: usize, quick: bool) -> Result<(f64, f64)> {
+    use super::scale::{peers_file, remote, route};
+    let repeat: u32 = if quick { 300_000 } else { 1_000_000 };
+    let local = [10, 128, 0, 1];
+    let toml = peers_file(1, routes);
+    let mut dp = datapath_with(&toml, local, |_| {});
+    let mut h = Harness::load()?;
+    let owned = route(0).octets();
+    let decap_frame = ipip(
+        &V4::new(remote(0).octets(), local),
+        &icmp(&V4::new(owned, [10, 200, 0, 1]), INNER_LEN),
+    );
+    let encap_frame = eth4(&icmp(&V4::new([10, 200, 0, 1], owned), INNER_LEN));
+    let fd = target_fd(&h, &mut dp, Target::XdpDecap)?;
+    h.set_target(Kind::Xdp, &fd)?;
+    h.set_frame(&decap_frame)?;
+    let before = moved(&dp, Moves::PeerRx);
+    let (verdict, decap_ns) = h.run(Kind::Xdp, &decap_frame, None, repeat)?;
+    let delta = moved(&dp, Moves::PeerRx).wrapping_sub(before);
+    ensure!(
+        verdict == XDP_PASS && delta == u64::from(repeat),
+        "XDP decap with {routes} routes: verdict {verdict}, {delta} packets counted"
+    );
+    let before = moved(&dp, Moves::PeerTx);
+    let (verdict, encap_ns) = fresh_runs(&mut h, &mut dp, Target::TcEgress, &encap_frame, repeat)?;
+    let delta = moved(&dp, Moves::PeerTx).wrapping_sub(before);
+    ensure!(
+        verdict == TC_ACT_OK && delta == u64::from(repeat),
+        "TC encap with {routes} routes: verdict {verdict}, {delta} packets counted"
+    );
+    Ok((decap_ns, encap_ns))
+}

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::e2e::{Sample, Series, Variant};
 use super::prog::Costs;
+use super::scale::Scale;
 use super::Plan;
 
 /// What the figures were measured on.
@@ -42,6 +43,7 @@ pub struct Results {
     pub plan: Plan,
     pub per_packet: Costs,
     pub host_to_host: Series,
+    pub scale: Scale,
 }
 
 /// UTC `YYYYMMDDTHHMMSSZ`, for the results folder's name.
@@ -159,9 +161,45 @@ impl Results {
             .count();
         let _ = writeln!(
             md,
-            "\nPercentages are of plain routing's median. {disturbed} sample(s) still disturbed after repeating."
+            "\nPercentages are of plain routing's median. {disturbed} sample(s) still disturbed after repeating.\n"
         );
+        self.scale_markdown(&mut md);
         md
+    }
+
+    fn scale_markdown(&self, md: &mut String) {
+        let s = &self.scale;
+        let _ = writeln!(md, "### Scale\n\n{}.\n", s.method);
+        let _ = writeln!(
+            md,
+            "| peers | routes | check s (MiB) | attach s (MiB) | detach s (MiB) | map memory MiB |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for r in &s.lifecycle {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.1} |",
+                r.peers,
+                r.routes,
+                r.check_s,
+                r.check_rss_mib,
+                r.attach_s,
+                r.attach_rss_mib,
+                r.detach_s,
+                r.detach_rss_mib,
+                r.map_mib
+            );
+        }
+        let _ = writeln!(md, "\n| routes in the map | XDP decap ns | TC encap ns |");
+        let _ = writeln!(md, "|---|---|---|");
+        for r in &s.per_packet {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} |",
+                r.routes, r.xdp_decap_ns, r.tc_encap_ns
+            );
+        }
+        let _ = writeln!(md);
     }
 
     fn per_packet_markdown(&self, md: &mut String) {
