@@ -117,6 +117,10 @@ async fn prepare(
             "fast path over veth ({}): the far ends must send full checksums (`ethtool -K <peer> tx off`) and receive with GRO on (`ethtool -K <peer> gro on`) or an XDP program, or redirected frames are lost",
             veths.join(", ")
         );
+        // Measured by `cargo xtask bench` (gateway line): XDP on a veth costs its peer GSO/TSO.
+        log::warn!(
+            "on veth the fast path is slower than the kernel path (XDP turns GSO/TSO off on each veth's peer): attach without --lan unless the interfaces are NICs with native XDP"
+        );
     }
     if !lans.is_empty() && !ip_forwarding() {
         log::warn!("net.ipv4.ip_forward is 0: this host forwards nothing, fast path or not (sysctl -w net.ipv4.ip_forward=1)");

@@ -61,6 +61,12 @@ pub fn gro_on(ns: &Netns, dev: &str) -> Result<()> {
 /// frames the gateways' XDP redirects; the kernel-path runs keep offload on, which also
 /// covers `CHECKSUM_PARTIAL` through TC encapsulation and forwarding.
 pub fn wire_checksums(ns: &Netns) -> Result<()> {
+    tx_checksum_offload(ns, false)
+}
+
+/// `ethtool -K DEV tx on|off` on every veth in `ns`.
+pub fn tx_checksum_offload(ns: &Netns, on: bool) -> Result<()> {
+    let state = if on { "on" } else { "off" };
     let out = ns.exec(&["ip", "-j", "link", "show", "type", "veth"])?;
     let links: serde_json::Value =
         serde_json::from_str(&out).with_context(|| format!("ip -j link printed {out}"))?;
@@ -70,8 +76,8 @@ pub fn wire_checksums(ns: &Netns) -> Result<()> {
         .flatten()
         .filter_map(|l| l["ifname"].as_str())
     {
-        ns.exec(&["ethtool", "-K", dev, "tx", "off"])
-            .with_context(|| format!("cannot switch TX checksum offload off on {dev}"))?;
+        ns.exec(&["ethtool", "-K", dev, "tx", state])
+            .with_context(|| format!("cannot switch TX checksum offload {state} on {dev}"))?;
     }
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 use ipip_tests::perf::{request_response, wait_quiet, Iperf, Pinning};
-use ipip_tests::{HostToHost, IpipUser, Node, Underlay};
+use ipip_tests::topology::build::tx_checksum_offload;
+use ipip_tests::topology::gateways::{CALCULON, COMP000, DOOLITTLE, RFE, WAN_EAST, WAN_WEST};
+use ipip_tests::{DataPath, Gateways, HostToHost, IpipUser, Netns, Node, Underlay};
 
 use super::Plan;
 
@@ -29,10 +31,20 @@ pub enum Variant {
     IpipTc,
     /// ipip with `--decap xdp`.
     IpipXdp,
+    /// ipip with the XDP fast path on the gateways (`--lan`).
+    IpipFast,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
+        Variant::Plain,
+        Variant::Vxlan,
+        Variant::IpipTc,
+        Variant::IpipXdp,
+        Variant::IpipFast,
+    ];
+    /// Between two hosts nobody forwards: no fast path.
+    pub const HOST: [Variant; 4] = [
         Variant::Plain,
         Variant::Vxlan,
         Variant::IpipTc,
@@ -45,6 +57,7 @@ impl Variant {
             Variant::Vxlan => "kernel VXLAN",
             Variant::IpipTc => "ipip --decap tc (auto on veth)",
             Variant::IpipXdp => "ipip --decap xdp",
+            Variant::IpipFast => "ipip fast path (--lan)",
         }
     }
 }
@@ -84,25 +97,41 @@ pub fn host_to_host(plan: &Plan) -> Result<Series> {
         ))
         .with_context(|| format!("VXLAN on {}", n.name))?;
     }
+    let variants = rounds("host to host", &Variant::HOST, plan, |v| {
+        measure_variant(&ipip, d, c, v, plan)
+    })?;
+    Ok(Series {
+        topology: "two hosts, one veth pair (doolittle ↔ calculon)",
+        method: "iperf3 TCP 1 and 4 streams and UDP 64-byte datagrams (-b 0), sender pinned to CPU 0 and receiver to CPU 1 (-A); request/response: 64 bytes each way over one TCP connection (TCP_NODELAY), first tenth not counted",
+        variants,
+    })
+}
+
+/// Every variant `plan.runs` times, interleaved; a run the machine disturbed (busy before it
+/// started) is repeated, boundedly.
+fn rounds(
+    what: &str,
+    order: &[Variant],
+    plan: &Plan,
+    mut run: impl FnMut(Variant) -> Result<Sample>,
+) -> Result<Vec<(Variant, Vec<Sample>)>> {
     let mut variants: Vec<(Variant, Vec<Sample>)> =
-        Variant::ALL.iter().map(|v| (*v, Vec::new())).collect();
+        order.iter().map(|v| (*v, Vec::new())).collect();
     for round in 0..plan.runs {
         for (v, samples) in variants.iter_mut() {
             println!(
-                "==> host to host, round {}/{}: {}",
+                "==> {what}, round {}/{}: {}",
                 round + 1,
                 plan.runs,
                 v.label()
             );
-            // A run the machine disturbed (busy before it started) is repeated, boundedly.
-            let mut s = measure_variant(&ipip, d, c, *v, plan)
-                .with_context(|| format!("{} (round {})", v.label(), round + 1))?;
+            let mut s = run(*v).with_context(|| format!("{} (round {})", v.label(), round + 1))?;
             for _ in 0..2 {
                 if !s.disturbed {
                     break;
                 }
                 println!("    the machine was busy: repeating");
-                s = measure_variant(&ipip, d, c, *v, plan)?;
+                s = run(*v)?;
             }
             println!(
                 "    TCP {:.1} / {:.1} Gbit/s, UDP 64 B {:.0} kpps received, RR p50 {:.1} µs p99 {:.1} µs{}",
@@ -116,9 +145,100 @@ pub fn host_to_host(plan: &Plan) -> Result<Series> {
             samples.push(s);
         }
     }
+    Ok(variants)
+}
+
+/// Seed §6's line: calculon — doolittle (gateway) — public segment and a router — rfe
+/// (gateway) — comp000, traffic from calculon to comp000. Plain routing routes the LAN
+/// prefixes across the underlay; VXLAN joins the gateways (VNI 43); ipip attaches the
+/// gateways with each hook, and with the fast path.
+pub fn gateway_line(plan: &Plan) -> Result<Series> {
+    let t = Gateways::new()?;
+    let ipip = IpipUser::new()?;
+    let (d, r) = (&t.doolittle, &t.rfe);
+    for (h, local, remote, addr) in [
+        (d, DOOLITTLE, RFE, "10.99.0.1/30"),
+        (r, RFE, DOOLITTLE, "10.99.0.2/30"),
+    ] {
+        h.ns.script(&format!(
+            "ip link add vx0 type vxlan id 43 local {local} remote {remote} dstport 4789 dev {}
+             ip addr add {addr} dev vx0
+             ip link set vx0 up",
+            h.underlay_if
+        ))
+        .with_context(|| format!("VXLAN on {}", h.name))?;
+    }
+    let namespaces: Vec<&Netns> = t.namespaces().into_iter().map(|(_, ns)| ns).collect();
+    let routes = |v: Variant| -> Vec<(&Netns, String)> {
+        match v {
+            Variant::Plain => vec![
+                (&d.ns, format!("192.168.104.0/24 via {WAN_WEST}")),
+                (&t.wan, format!("192.168.104.0/24 via {RFE}")),
+                (&t.wan, format!("192.168.1.0/24 via {DOOLITTLE}")),
+                (&r.ns, format!("192.168.1.0/24 via {WAN_EAST}")),
+            ],
+            Variant::Vxlan => vec![
+                (&d.ns, "192.168.104.0/24 via 10.99.0.2 dev vx0".to_string()),
+                (&r.ns, "192.168.1.0/24 via 10.99.0.1 dev vx0".to_string()),
+            ],
+            _ => Vec::new(),
+        }
+    };
+    let variants = rounds("gateway line", &Variant::ALL, plan, |v| {
+        for (ns, route) in routes(v) {
+            ns.exec(
+                &[
+                    ["ip", "route", "add"].as_slice(),
+                    &route.split(' ').collect::<Vec<_>>(),
+                ]
+                .concat(),
+            )?;
+        }
+        let fast = v == Variant::IpipFast;
+        if fast {
+            for ns in &namespaces {
+                tx_checksum_offload(ns, false)?;
+            }
+        }
+        for h in [d, r] {
+            let mut args = h.attach_args(if fast {
+                DataPath::Fast
+            } else {
+                DataPath::Kernel
+            });
+            if let Some(hook) = hook(v) {
+                args.extend(["--decap".to_string(), hook.to_string()]);
+            }
+            if v != Variant::Plain && v != Variant::Vxlan {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                ipip.run(&h.ns, &refs)?;
+            }
+        }
+        let result = measure(&t.calculon.ns, &t.comp000.ns, (CALCULON, COMP000), plan);
+        if v != Variant::Plain && v != Variant::Vxlan {
+            for h in [d, r] {
+                h.detach(&ipip)?;
+            }
+        }
+        if fast {
+            for ns in &namespaces {
+                tx_checksum_offload(ns, true)?;
+            }
+        }
+        for (ns, route) in routes(v) {
+            ns.exec(
+                &[
+                    ["ip", "route", "del"].as_slice(),
+                    &route.split(' ').collect::<Vec<_>>(),
+                ]
+                .concat(),
+            )?;
+        }
+        result
+    })?;
     Ok(Series {
-        topology: "two hosts, one veth pair (doolittle ↔ calculon)",
-        method: "iperf3 TCP 1 and 4 streams and UDP 64-byte datagrams (-b 0), sender pinned to CPU 0 and receiver to CPU 1 (-A); request/response: 64 bytes each way over one TCP connection (TCP_NODELAY), first tenth not counted",
+        topology: "gateway line: calculon — doolittle — (bridge, router) — rfe — comp000 (seed §6)",
+        method: "as for two hosts, from calculon to comp000; the fast path runs with TX checksum offload off on every veth, as it requires there (see README), the others with it on",
         variants,
     })
 }
@@ -128,16 +248,20 @@ fn endpoints(v: Variant, d: &Node, c: &Node) -> (Ipv4Addr, Ipv4Addr) {
     match v {
         Variant::Plain => (d.underlay, c.underlay),
         Variant::Vxlan => (VXLAN[0], VXLAN[1]),
-        Variant::IpipTc | Variant::IpipXdp => (d.private, c.private),
+        Variant::IpipTc | Variant::IpipXdp | Variant::IpipFast => (d.private, c.private),
+    }
+}
+
+fn hook(v: Variant) -> Option<&'static str> {
+    match v {
+        Variant::IpipTc => Some("tc"),
+        Variant::IpipXdp => Some("xdp"),
+        _ => None,
     }
 }
 
 fn measure_variant(ipip: &IpipUser, d: &Node, c: &Node, v: Variant, plan: &Plan) -> Result<Sample> {
-    let hook = match v {
-        Variant::IpipTc => Some("tc"),
-        Variant::IpipXdp => Some("xdp"),
-        _ => None,
-    };
+    let hook = hook(v);
     if let Some(hook) = hook {
         for n in [d, c] {
             let peers = n.peers.to_string_lossy();
@@ -147,7 +271,7 @@ fn measure_variant(ipip: &IpipUser, d: &Node, c: &Node, v: Variant, plan: &Plan)
             )?;
         }
     }
-    let result = measure(d, c, endpoints(v, d, c), plan);
+    let result = measure(&d.ns, &c.ns, endpoints(v, d, c), plan);
     if hook.is_some() {
         for n in [d, c] {
             ipip.detach(&n.ns, n.iface)?;
@@ -156,11 +280,16 @@ fn measure_variant(ipip: &IpipUser, d: &Node, c: &Node, v: Variant, plan: &Plan)
     result
 }
 
-fn measure(d: &Node, c: &Node, (src, dst): (Ipv4Addr, Ipv4Addr), plan: &Plan) -> Result<Sample> {
+fn measure(
+    client: &Netns,
+    server: &Netns,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    plan: &Plan,
+) -> Result<Sample> {
     let mut s = Sample::default();
     let iperf = |seconds, port| Iperf {
-        client: &d.ns,
-        server: &c.ns,
+        client,
+        server,
         src,
         dst,
         port,
@@ -181,7 +310,7 @@ fn measure(d: &Node, c: &Node, (src, dst): (Ipv4Addr, Ipv4Addr), plan: &Plan) ->
     s.udp64_rx_kpps = udp.received_pps / 1e3;
     s.udp64_tx_kpps = udp.sent_pps / 1e3;
     quiet(&mut s);
-    let rr = request_response(&d.ns, &c.ns, src, dst, 5304, plan.rr_exchanges, PIN)?;
+    let rr = request_response(client, server, src, dst, 5304, plan.rr_exchanges, PIN)?;
     s.rr_p50_us = rr.p50_us;
     s.rr_p99_us = rr.p99_us;
     Ok(s)

@@ -23,6 +23,22 @@ pub struct BenchArgs {
     /// `latest.json` beside it).
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Only these parts (comma-separated; default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+/// The parts of the bench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Per-packet cost of each program (BPF_PROG_TEST_RUN).
+    Programs,
+    /// Two hosts on a veth pair.
+    Hosts,
+    /// The four-namespace gateway line.
+    Gateways,
+    /// Check/attach/detach and per-packet cost as peers and routes grow.
+    Scale,
 }
 
 /// How long and how often: full or `--quick`.
@@ -54,15 +70,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     anyhow::ensure!(plan.runs > 0, "--runs must be at least 1");
     let machine = report::Machine::read();
     println!("==> bench on {}", machine.describe());
-    println!("==> per-packet cost (BPF_PROG_TEST_RUN)");
-    let per_packet = prog::per_packet(args.quick)?;
-    let host = e2e::host_to_host(&plan)?;
-    let scale = scale::scale(args.quick)?;
+    let wanted = |p: Part| args.only.is_empty() || args.only.contains(&p);
+    let per_packet = if wanted(Part::Programs) {
+        println!("==> per-packet cost (BPF_PROG_TEST_RUN)");
+        Some(prog::per_packet(args.quick)?)
+    } else {
+        None
+    };
+    let host = wanted(Part::Hosts)
+        .then(|| e2e::host_to_host(&plan))
+        .transpose()?;
+    let line = wanted(Part::Gateways)
+        .then(|| e2e::gateway_line(&plan))
+        .transpose()?;
+    let scale = wanted(Part::Scale)
+        .then(|| scale::scale(args.quick))
+        .transpose()?;
     let results = report::Results {
         machine,
         plan,
         per_packet,
         host_to_host: host,
+        gateway_line: line,
         scale,
     };
     let dir = args.out.join(report::timestamp());

@@ -41,9 +41,10 @@ impl Machine {
 pub struct Results {
     pub machine: Machine,
     pub plan: Plan,
-    pub per_packet: Costs,
-    pub host_to_host: Series,
-    pub scale: Scale,
+    pub per_packet: Option<Costs>,
+    pub host_to_host: Option<Series>,
+    pub gateway_line: Option<Series>,
+    pub scale: Option<Scale>,
 }
 
 /// UTC `YYYYMMDDTHHMMSSZ`, for the results folder's name.
@@ -101,6 +102,15 @@ pub fn spread(values: &[f64]) -> Spread {
     }
 }
 
+fn median_of(s: &Series, v: Variant, get: fn(&Sample) -> f64) -> f64 {
+    s.variants
+        .iter()
+        .find(|(x, _)| *x == v)
+        .map_or(f64::NAN, |(_, s)| {
+            spread(&s.iter().map(get).collect::<Vec<_>>()).median
+        })
+}
+
 type Metric = (&'static str, fn(&Sample) -> f64, &'static str);
 
 const METRICS: &[Metric] = &[
@@ -123,8 +133,22 @@ fn cell(s: Spread, runs: usize) -> String {
 impl Results {
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        self.per_packet_markdown(&mut md);
-        let s = &self.host_to_host;
+        if let Some(p) = &self.per_packet {
+            per_packet_markdown(&mut md, p);
+        }
+        for s in [&self.host_to_host, &self.gateway_line]
+            .into_iter()
+            .flatten()
+        {
+            self.series_markdown(&mut md, s);
+        }
+        if let Some(s) = &self.scale {
+            scale_markdown(&mut md, s);
+        }
+        md
+    }
+
+    fn series_markdown(&self, md: &mut String, s: &Series) {
         let _ = writeln!(md, "### {}\n", s.topology);
         let _ = writeln!(
             md,
@@ -141,7 +165,7 @@ impl Results {
         let _ = writeln!(md, "|---{}", "|---".repeat(s.variants.len()) + "|");
         for (name, get, unit) in METRICS {
             let _ = write!(md, "| {name}, {unit} | ");
-            let plain = self.median_of(Variant::Plain, *get);
+            let plain = median_of(s, Variant::Plain, *get);
             for (v, samples) in &s.variants {
                 let values: Vec<f64> = samples.iter().map(get).collect();
                 let sp = spread(&values);
@@ -163,78 +187,64 @@ impl Results {
             md,
             "\nPercentages are of plain routing's median. {disturbed} sample(s) still disturbed after repeating.\n"
         );
-        self.scale_markdown(&mut md);
-        md
     }
+}
 
-    fn scale_markdown(&self, md: &mut String) {
-        let s = &self.scale;
-        let _ = writeln!(md, "### Scale\n\n{}.\n", s.method);
+fn scale_markdown(md: &mut String, s: &Scale) {
+    let _ = writeln!(md, "### Scale\n\n{}.\n", s.method);
+    let _ = writeln!(
+        md,
+        "| peers | routes | check s (MiB) | attach s (MiB) | detach s (MiB) | map memory MiB |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for r in &s.lifecycle {
         let _ = writeln!(
             md,
-            "| peers | routes | check s (MiB) | attach s (MiB) | detach s (MiB) | map memory MiB |"
+            "| {} | {} | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.1} |",
+            r.peers,
+            r.routes,
+            r.check_s,
+            r.check_rss_mib,
+            r.attach_s,
+            r.attach_rss_mib,
+            r.detach_s,
+            r.detach_rss_mib,
+            r.map_mib
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
-        for r in &s.lifecycle {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.1} |",
-                r.peers,
-                r.routes,
-                r.check_s,
-                r.check_rss_mib,
-                r.attach_s,
-                r.attach_rss_mib,
-                r.detach_s,
-                r.detach_rss_mib,
-                r.map_mib
-            );
-        }
-        let _ = writeln!(md, "\n| routes in the map | XDP decap ns | TC encap ns |");
-        let _ = writeln!(md, "|---|---|---|");
-        for r in &s.per_packet {
-            let _ = writeln!(
-                md,
-                "| {} | {:.1} | {:.1} |",
-                r.routes, r.xdp_decap_ns, r.tc_encap_ns
-            );
-        }
-        let _ = writeln!(md);
     }
-
-    fn per_packet_markdown(&self, md: &mut String) {
-        let p = &self.per_packet;
-        let _ = writeln!(md, "### Per packet\n\n{}.\n", p.method);
-        let floor = p.cases.first().map_or(f64::NAN, |c| c.ns);
+    let _ = writeln!(md, "\n| routes in the map | XDP decap ns | TC encap ns |");
+    let _ = writeln!(md, "|---|---|---|");
+    for r in &s.per_packet {
         let _ = writeln!(
             md,
-            "| program | what it does | ns/packet | net ns | × XDP_PASS | net × reference encap |"
+            "| {} | {:.1} | {:.1} |",
+            r.routes, r.xdp_decap_ns, r.tc_encap_ns
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
-        for c in &p.cases {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
-                c.name,
-                c.what,
-                c.ns,
-                c.net_ns,
-                c.ns / floor,
-                c.net_ns / p.reference_net_ns
-            );
-        }
-        let _ = writeln!(md);
     }
+    let _ = writeln!(md);
+}
 
-    fn median_of(&self, v: Variant, get: fn(&Sample) -> f64) -> f64 {
-        self.host_to_host
-            .variants
-            .iter()
-            .find(|(x, _)| *x == v)
-            .map_or(f64::NAN, |(_, s)| {
-                spread(&s.iter().map(get).collect::<Vec<_>>()).median
-            })
+fn per_packet_markdown(md: &mut String, p: &Costs) {
+    let _ = writeln!(md, "### Per packet\n\n{}.\n", p.method);
+    let floor = p.cases.first().map_or(f64::NAN, |c| c.ns);
+    let _ = writeln!(
+        md,
+        "| program | what it does | ns/packet | net ns | × XDP_PASS | net × reference encap |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for c in &p.cases {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            c.name,
+            c.what,
+            c.ns,
+            c.net_ns,
+            c.ns / floor,
+            c.net_ns / p.reference_net_ns
+        );
     }
+    let _ = writeln!(md);
 }
 
 #[cfg(test)]
