@@ -2,26 +2,28 @@
 //! before touching the system, and on any later failure undoes what it did; detach removes
 //! exactly what attach made.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::HashSet, net::Ipv4Addr, path::Path};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, LpmTrie, MapData},
     programs::{links::FdLink, xdp::XdpMode, TcAttachType},
 };
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use ipip_common::{
-    TunnelConfig, MAP_CONFIG, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP, PROG_XDP_LAN,
-    TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC, TUNNEL_FLAG_FAST_PATH,
+    TunnelConfig, MAP_CONFIG, MAP_ROUTES, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP,
+    PROG_XDP_LAN, TUNNEL_FLAG_ADDRESS_ADDED, TUNNEL_FLAG_DECAP_TC, TUNNEL_FLAG_FAST_PATH,
     TUNNEL_FLAG_FWD_USE_PMTU,
 };
+use ipnet::Ipv4Net;
 
 use crate::{
     config::{Capacity, PeersFile},
     datapath::Datapath,
     forward_pmtu,
     hook::{self, Choice, DecapArg, Hook},
-    netif::{self, Link, NetError, Netlink},
+    lock,
+    netif::{self, route_prefix, Link, NetError, Netlink},
     pins::{ensure_bpffs, netns_cookie, PinDir},
     plan::{Plan, Underlay},
 };
@@ -228,6 +230,9 @@ pub struct AttachRequest<'a> {
 
 pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
     let (interface, decap, mode) = (req.interface, req.decap, req.xdp_mode);
+    // Held to the end: a concurrent attach or detach of this interface waits, then sees
+    // what this one did, and never undoes it.
+    let _lock = lock::lock(&PinDir::for_interface(interface)?)?;
     let nl = Netlink::open()?;
     let prepared = prepare(&nl, interface, req.peers, req.lans, decap, mode).await?;
     ensure_bpffs()?;
@@ -243,6 +248,7 @@ pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
                 prepared.link.index,
                 added,
                 made.fwd_use_pmtu,
+                Some(&made.routes),
             )
             .await;
             match cleanup {
@@ -266,6 +272,8 @@ const ROUTES_WORTH_A_NOTE: usize = 10_000;
 struct Made {
     address: bool,
     fwd_use_pmtu: bool,
+    /// Routes this attach installed: the rollback removes these and no others.
+    routes: HashSet<Ipv4Net>,
 }
 
 async fn install(
@@ -376,15 +384,31 @@ async fn install(
     if wanted.len() >= ROUTES_WORTH_A_NOTE {
         eprintln!("installing {} routes on {iface}...", wanted.len());
     }
-    let installed = futures::stream::iter(wanted.iter().map(|(r, gateway, name)| async move {
-        nl.add_route(*r, Some(*gateway), p.link.index, src, p.plan.tunnel_mtu)
-            .await
-            .with_context(|| format!("installing the route for peer {name}"))
-    }))
-    .buffer_unordered(NETLINK_IN_FLIGHT)
-    .try_collect::<Vec<()>>()
-    .await;
-    installed?;
+    let results: Vec<(Ipv4Net, Result<()>)> =
+        futures::stream::iter(wanted.iter().map(|(r, gateway, name)| async move {
+            let done = nl
+                .add_route(*r, Some(*gateway), p.link.index, src, p.plan.tunnel_mtu)
+                .await
+                .with_context(|| format!("installing the route for peer {name}"));
+            (*r, done)
+        }))
+        .buffer_unordered(NETLINK_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut failed = None;
+    for (r, done) in results {
+        match done {
+            Ok(()) => {
+                made.routes.insert(r);
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let routes = wanted
         .iter()
         .map(|(r, gateway, name)| format!("{r} via {gateway} ({name})"))
@@ -473,14 +497,17 @@ fn ip_forwarding() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1")
 }
 
-/// Removes routes tagged as ours on `ifindex`, the tunnel address if attach added it, and
-/// every pin. Used by detach and by a failed attach.
+/// Removes the routes ours (tagged with our protocol on `ifindex` and in `ours`: what a
+/// failed attach installed, or the attachment's route map), the tunnel address if attach
+/// added it, and every pin. Used by detach and by a failed attach. Routes of someone else's
+/// (another attachment's, the admin's own `proto 156`) stay.
 async fn teardown(
     nl: &Netlink,
     dir: &PinDir,
     ifindex: u32,
     added_address: Option<ipnet::Ipv4Net>,
     release_fwd_pmtu: bool,
+    ours: Option<&HashSet<Ipv4Net>>,
 ) -> Result<()> {
     let mut first_err = None;
     if release_fwd_pmtu {
@@ -488,9 +515,23 @@ async fn teardown(
             first_err.get_or_insert(e);
         }
     }
-    let ours = nl.our_routes(ifindex).await?;
+    let tagged = nl.our_routes(ifindex).await?;
+    let mine: Vec<_> = match ours {
+        Some(set) => tagged
+            .into_iter()
+            .filter(|r| route_prefix(r).is_some_and(|p| set.contains(&p)))
+            .collect(),
+        None => {
+            if !tagged.is_empty() {
+                log::warn!(
+                    "the route map is unreadable, so no route is known to be ours: check `ip route show proto 156 dev <interface>` and remove ours by hand"
+                );
+            }
+            Vec::new()
+        }
+    };
     let results: Vec<Result<(), NetError>> =
-        futures::stream::iter(ours.into_iter().map(|r| nl.del_route(r)))
+        futures::stream::iter(mine.into_iter().map(|r| nl.del_route(r)))
             .buffer_unordered(NETLINK_IN_FLIGHT)
             .collect()
             .await;
@@ -528,6 +569,7 @@ pub struct Detached {
 
 pub async fn detach(interface: &str) -> Result<Detached> {
     let dir = PinDir::for_interface(interface)?;
+    let _lock = lock::lock(&dir)?;
     if !dir.exists() {
         bail!("{interface} is not attached in this network namespace (nothing under {}); `ipip-user status` lists what is", dir.path.display());
     }
@@ -544,7 +586,16 @@ pub async fn detach(interface: &str) -> Result<Detached> {
     let nl = Netlink::open()?;
     let tunnel =
         read_tunnel(&dir).with_context(|| format!("reading {}", dir.map(MAP_CONFIG).display()))?;
-    let routes_removed = nl.our_routes(tunnel.ifindex).await?.len();
+    let ours = read_routes(&dir).ok();
+    let routes_removed = match &ours {
+        Some(set) => nl
+            .our_routes(tunnel.ifindex)
+            .await?
+            .iter()
+            .filter(|r| route_prefix(r).is_some_and(|p| set.contains(&p)))
+            .count(),
+        None => 0,
+    };
     let address = (tunnel.flags & TUNNEL_FLAG_ADDRESS_ADDED != 0).then(|| {
         ipnet::Ipv4Net::new(
             Ipv4Addr::from(tunnel.address),
@@ -558,6 +609,7 @@ pub async fn detach(interface: &str) -> Result<Detached> {
         tunnel.ifindex,
         address,
         tunnel.flags & TUNNEL_FLAG_FWD_USE_PMTU != 0,
+        ours.as_ref(),
     )
     .await?;
     Ok(Detached {
@@ -590,6 +642,21 @@ fn mtu_expires_s() -> u64 {
 }
 
 /// The tunnel settings of an attachment, from its pinned config map.
+/// The prefixes in an attachment's pinned route map: the routes it installed.
+pub fn read_routes(dir: &PinDir) -> Result<HashSet<Ipv4Net>> {
+    let data = MapData::from_pin(dir.map(MAP_ROUTES))?;
+    let map: LpmTrie<MapData, [u8; 4], u32> = LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+    let mut out = HashSet::new();
+    for key in map.keys() {
+        let key = key?;
+        out.insert(Ipv4Net::new(
+            Ipv4Addr::from(key.data()),
+            key.prefix_len() as u8,
+        )?);
+    }
+    Ok(out)
+}
+
 pub fn read_tunnel(dir: &PinDir) -> Result<TunnelConfig> {
     let data = MapData::from_pin(dir.map(MAP_CONFIG))?;
     let map: Array<MapData, TunnelConfig> = Array::try_from(aya::maps::Map::Array(data))?;

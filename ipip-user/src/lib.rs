@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod droplog;
 pub mod forward_pmtu;
 pub mod hook;
+pub mod lock;
 pub mod netif;
 pub mod pins;
 pub mod plan;

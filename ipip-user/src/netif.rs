@@ -224,6 +224,20 @@ impl Netlink {
     }
 }
 
+/// The destination prefix of a route message.
+pub fn route_prefix(r: &RouteMessage) -> Option<Ipv4Net> {
+    // A default route carries no destination attribute.
+    let dst = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    Ipv4Net::new(dst, r.header.destination_prefix_length).ok()
+}
+
 /// `10.0.2.0/24` of a route message.
 pub fn describe_route(r: &RouteMessage) -> String {
     let dst = r.attributes.iter().find_map(|a| match a {

@@ -18,6 +18,73 @@ pub enum PinError {
     NoBpffs(String),
     #[error("cannot read the current network namespace: {0}")]
     Netns(io::Error),
+    #[error("interface name {0:?}: {1}")]
+    Name(String, &'static str),
+    #[error("{path}: {why}; it is not safe to keep pins or locks there. Remove it (`rm -r {path}`) and run the command again")]
+    Unsafe { path: String, why: String },
+    #[error("cannot create {path}: {source}")]
+    Create { path: String, source: io::Error },
+}
+
+/// Creates `path` as a root-only folder (0700, owned by us), or checks the one there: a
+/// folder someone else owns or may write to could be made to hide, move or block our
+/// attachments (bpffs and /run are writable by others). A folder we own with a looser mode
+/// (left by an older version) is tightened.
+pub fn ensure_private_dir(path: &Path) -> Result<(), PinError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let shown = path.display().to_string();
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(PinError::Create {
+                path: shown,
+                source,
+            })
+        }
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|source| PinError::Create {
+        path: shown.clone(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    let why = private_dir_problem(meta.file_type().is_dir(), meta.uid(), meta.mode(), me);
+    match why {
+        Some(Problem::Unsafe(why)) => Err(PinError::Unsafe { path: shown, why }),
+        Some(Problem::Loose) => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| PinError::Create {
+                    path: shown,
+                    source,
+                },
+            )
+        }
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with a would-be private folder.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Not ours, or not a folder: refuse.
+    Unsafe(String),
+    /// Ours, but others may read or write it: tighten.
+    Loose,
+}
+
+/// The check behind [`ensure_private_dir`], on the folder's type, owner and mode.
+pub fn private_dir_problem(is_dir: bool, uid: u32, mode: u32, me: u32) -> Option<Problem> {
+    if !is_dir {
+        return Some(Problem::Unsafe(
+            "it is not a folder (a file or a symlink)".into(),
+        ));
+    }
+    if uid != me {
+        return Some(Problem::Unsafe(format!(
+            "it belongs to uid {uid}, not to uid {me} running ipip-user"
+        )));
+    }
+    (mode & 0o077 != 0).then_some(Problem::Loose)
 }
 
 /// Inode of the calling thread's network namespace: stable and unique while it exists.
@@ -92,6 +159,9 @@ pub struct PinDir {
 
 impl PinDir {
     pub fn for_interface(interface: &str) -> Result<Self, PinError> {
+        // The name becomes a path: `../net123/eth0` must not reach another namespace's pins.
+        crate::config::check_interface_name(interface)
+            .map_err(|why| PinError::Name(interface.to_string(), why))?;
         let netns = netns_id()?;
         Ok(Self {
             path: ns_dir(netns).join(interface),
@@ -135,9 +205,16 @@ impl PinDir {
         self.path.join("links").join(name)
     }
 
-    pub fn create(&self) -> io::Result<()> {
+    /// Creates the folders, the pin root first as a root-only folder (see
+    /// [`ensure_private_dir`]): nobody else can then create or move anything below it.
+    pub fn create(&self) -> Result<(), PinError> {
+        ensure_private_dir(Path::new(ROOT))?;
         for sub in ["maps", "progs", "links"] {
-            std::fs::create_dir_all(self.path.join(sub))?;
+            let p = self.path.join(sub);
+            std::fs::create_dir_all(&p).map_err(|source| PinError::Create {
+                path: p.display().to_string(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -161,13 +238,48 @@ impl PinDir {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        // Only succeeds when empty; other interfaces' folders stay.
+        // Only succeeds when empty; other interfaces' folders stay. The root stays: removing
+        // it would let anyone create it again first.
         let _ = std::fs::remove_dir(ns_dir(self.netns));
-        let _ = std::fs::remove_dir(ROOT);
         Ok(())
     }
 }
 
 fn ns_dir(netns: u64) -> PathBuf {
     Path::new(ROOT).join(format!("net{netns}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_folders_must_be_ours_and_closed() {
+        assert_eq!(private_dir_problem(true, 0, 0o40700, 0), None);
+        assert_eq!(
+            private_dir_problem(true, 0, 0o40755, 0),
+            Some(Problem::Loose)
+        );
+        assert!(
+            matches!(private_dir_problem(true, 1000, 0o40700, 0), Some(Problem::Unsafe(w)) if w.contains("uid 1000"))
+        );
+        assert!(
+            matches!(private_dir_problem(false, 0, 0o120777, 0), Some(Problem::Unsafe(w)) if w.contains("symlink"))
+        );
+        // 1777 like /sys/fs/bpf itself: someone else's, however open.
+        assert!(matches!(
+            private_dir_problem(true, 1000, 0o41777, 0),
+            Some(Problem::Unsafe(_))
+        ));
+    }
+
+    #[test]
+    fn interface_names_cannot_leave_the_namespace_folder() {
+        for bad in ["../net1/eth0", "a/b", "..", ".", "", "0123456789abcdefg"] {
+            assert!(
+                matches!(PinDir::for_interface(bad), Err(PinError::Name(..))),
+                "{bad:?} accepted"
+            );
+        }
+    }
 }

@@ -142,3 +142,139 @@ fn unprivileged_attach_is_refused_and_touches_nothing() -> Result<()> {
     ensure!(routes.trim().is_empty(), "routes were installed: {routes}");
     Ok(())
 }
+
+/// Two attaches of one interface at once: one wins, the other waits for it and is refused
+/// as "already attached" without undoing anything; the winner's attachment stays intact.
+#[test]
+fn concurrent_attaches_never_undo_each_other() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    let bin = ipip.path().to_string_lossy().into_owned();
+    let peers = d.peers.to_string_lossy().into_owned();
+    for round in 0..5 {
+        let line =
+            d.ns.command_line(&[&bin, "attach", d.iface, "--peers", &peers]);
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                Command::new(&line[0])
+                    .args(&line[1..])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output())
+            .collect::<Result<_, _>>()?;
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        ensure!(
+            won == 1,
+            "round {round}: {won} attaches succeeded:\n{}",
+            outs.iter()
+                .map(describe)
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        let lost = outs.iter().find(|o| !o.status.success()).expect("one lost");
+        ensure!(
+            describe(lost).contains("already attached"),
+            "round {round}: the loser says: {}",
+            describe(lost)
+        );
+        let status = ipip.run(&d.ns, &["status"])?;
+        ensure!(
+            status.contains(": ok "),
+            "round {round}: status after the race: {status}"
+        );
+        let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+        ensure!(
+            routes.contains(&c.prefix),
+            "round {round}: the winner's route is gone: {routes}"
+        );
+        ensure!(
+            ping_ok(&d.ns, d.private, c.private, 1)?,
+            "round {round}: no traffic after the race"
+        );
+        ipip.detach(&d.ns, d.iface)?;
+    }
+    Ok(())
+}
+
+/// detach removes the routes its attachment installed and no others: a `proto 156` route the
+/// admin added on the same interface stays. The pin root is root-only and stays too.
+#[test]
+fn detach_removes_only_its_own_routes() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    let foreign = "10.77.0.0/24";
+    d.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        foreign,
+        "via",
+        &c.underlay.to_string(),
+        "dev",
+        d.iface,
+        "proto",
+        "156",
+    ])?;
+    ipip.attach(&d.ns, d.iface, &d.peers)?;
+    let mode = |p: &str| -> Result<u32> {
+        use std::os::unix::fs::PermissionsExt as _;
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o7777)
+    };
+    for dir in ["/sys/fs/bpf/ipip", "/run/ipip"] {
+        ensure!(
+            mode(dir)? == 0o700,
+            "{dir} is mode {:o}, not 0700",
+            mode(dir)?
+        );
+    }
+    let out = ipip.detach(&d.ns, d.iface)?;
+    ensure!(out.contains("1 route(s) removed"), "detach says: {out}");
+    let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+    ensure!(
+        routes.contains("10.77.0.0/24") && !routes.contains(&c.prefix),
+        "after detach: {routes}"
+    );
+    ensure!(mode("/sys/fs/bpf/ipip")? == 0o700, "the pin root changed");
+    Ok(())
+}
+
+/// Interface names are path components: `../net<inode>/eth0` can't reach another
+/// namespace's attachment through detach, stats or log.
+#[test]
+fn interface_names_that_are_paths_are_refused() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    let other = format!("../net{}/{}", c.ns.inode(), c.iface);
+    for args in [
+        vec!["detach", other.as_str()],
+        vec!["stats", other.as_str()],
+        vec!["log", other.as_str(), "--seconds", "1"],
+    ] {
+        let line = d.ns.command_line(&[&ipip.path().to_string_lossy()]);
+        let out = Command::new(&line[0])
+            .args(&line[1..])
+            .args(&args)
+            .output()?;
+        ensure!(
+            !out.status.success() && describe(&out).contains("interface name"),
+            "{args:?} was not refused clearly: {}",
+            describe(&out)
+        );
+    }
+    let status = ipip.run(&c.ns, &["status"])?;
+    ensure!(status.contains(": ok "), "calculon's attachment: {status}");
+    Ok(())
+}

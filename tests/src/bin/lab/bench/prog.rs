@@ -274,7 +274,8 @@ enum Mode {
     /// `repeat` runs behind the restoring harness.
     Harness,
     /// One run per call, `repeat` calls: a fresh skb each time. For TC encapsulation, which
-    /// the kernel refuses on an skb already marked encapsulated (adjust_room: -EALREADY).
+    /// the kernel refuses on an skb already marked encapsulated (adjust_room: -EALREADY),
+    /// and TC decapsulation, whose restore would cost an adjust_room the floor doesn't have.
     FreshSkb,
 }
 
@@ -459,7 +460,7 @@ fn cases() -> Vec<Case> {
             XDP_DROP,
             Moves::Reason(Reason::DropUnknownPeer),
         ),
-        case(
+        fresh(case(
             "TC decap",
             "IPIP from a peer: decapsulated at TC ingress (--decap tc, auto on veth)",
             Kind::Tc,
@@ -468,7 +469,7 @@ fn cases() -> Vec<Case> {
             None,
             TC_ACT_OK,
             Moves::PeerRx,
-        ),
+        )),
         fresh(case(
             "TC encap",
             "local packet to a peer's prefix: encapsulated at TC egress",
