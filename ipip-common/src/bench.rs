@@ -29,5 +29,7 @@ pub const PROG_BENCH_TC: &str = "bench_tc";
 /// The floors: return XDP_PASS / TC_ACT_OK and nothing else.
 pub const PROG_BENCH_XDP_PASS: &str = "bench_xdp_pass";
 pub const PROG_BENCH_TC_OK: &str = "bench_tc_ok";
+/// Returns XDP_TX: the live-frames traffic generator.
+pub const PROG_BENCH_XDP_TX: &str = "bench_xdp_tx";
 /// The minimal reference encapsulation: adjust head, write a 20-byte header, checksum it.
 pub const PROG_BENCH_XDP_REF_ENCAP: &str = "bench_xdp_ref_encap";

@@ -89,6 +89,13 @@ mod harness {
         xdp_action::XDP_PASS
     }
 
+    /// The live-frames traffic generator: every frame goes out of the interface it was
+    /// "received" on.
+    #[xdp]
+    pub fn bench_xdp_tx(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_TX
+    }
+
     #[classifier]
     pub fn bench_tc_ok(_ctx: TcContext) -> i32 {
         TC_ACT_OK

@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod fixture;
+pub mod generator;
 pub mod ipip;
 pub mod netns;
 pub mod packet;

@@ -5,12 +5,14 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
+use ipip_tests::fixture::mac_of;
 use ipip_tests::perf::{request_response, wait_quiet, Iperf, Pinning};
-use ipip_tests::topology::build::tx_checksum_offload;
+use ipip_tests::topology::build::{gro_on, tx_checksum_offload};
 use ipip_tests::topology::gateways::{CALCULON, COMP000, DOOLITTLE, RFE, WAN_EAST, WAN_WEST};
 use ipip_tests::{DataPath, Gateways, HostToHost, IpipUser, Netns, Node, Underlay};
 
 use super::Plan;
+use ipip_tests::generator;
 
 /// Sender on CPU 0, receiver on CPU 1.
 const PIN: Pinning = Some((0, 1));
@@ -71,6 +73,10 @@ pub struct Sample {
     pub udp64_tx_kpps: f64,
     pub rr_p50_us: f64,
     pub rr_p99_us: f64,
+    /// Gateway line only: 64-byte UDP from the live-frames generator, forwarded (received
+    /// at the server) and offered, in kpps.
+    pub gen_rx_kpps: f64,
+    pub gen_tx_kpps: f64,
     /// The machine was busy before a measurement even after waiting.
     pub disturbed: bool,
 }
@@ -169,6 +175,15 @@ pub fn gateway_line(plan: &Plan) -> Result<Series> {
         .with_context(|| format!("VXLAN on {}", h.name))?;
     }
     let namespaces: Vec<&Netns> = t.namespaces().into_iter().map(|(_, ns)| ns).collect();
+    // The generator's frames arrive on doolittle's eth1 through veth's XDP path, which needs
+    // NAPI there: GRO on (the fast path's XDP program provides it too).
+    gro_on(&d.ns, d.lan_if.context("doolittle has a LAN")?)?;
+    let generator_frame = udp_frame(
+        mac_in(&t.calculon.ns, t.calculon.iface)?,
+        mac_in(&d.ns, d.lan_if.context("doolittle has a LAN")?)?,
+        CALCULON,
+        COMP000,
+    );
     let routes = |v: Variant| -> Vec<(&Netns, String)> {
         match v {
             Variant::Plain => vec![
@@ -214,7 +229,21 @@ pub fn gateway_line(plan: &Plan) -> Result<Series> {
                 ipip.run(&h.ns, &refs)?;
             }
         }
-        let result = measure(&t.calculon.ns, &t.comp000.ns, (CALCULON, COMP000), plan);
+        let result =
+            measure(&t.calculon.ns, &t.comp000.ns, (CALCULON, COMP000), plan).and_then(|mut s| {
+                let b = generator::burst(
+                    &t.calculon.ns,
+                    t.calculon.iface,
+                    &generator_frame,
+                    plan.generator_frames,
+                    0,
+                    &t.comp000.ns,
+                    t.comp000.iface,
+                )?;
+                s.gen_rx_kpps = b.received_pps() / 1e3;
+                s.gen_tx_kpps = b.sent_pps() / 1e3;
+                Ok(s)
+            });
         if v != Variant::Plain && v != Variant::Vxlan {
             for h in [d, r] {
                 h.detach(&ipip)?;
@@ -241,6 +270,23 @@ pub fn gateway_line(plan: &Plan) -> Result<Series> {
         method: "as for two hosts, from calculon to comp000; the fast path runs with TX checksum offload off on every veth, as it requires there (see README), the others with it on",
         variants,
     })
+}
+
+/// A 64-byte-payload UDP frame (to the discard port), built with etherparse.
+fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(40000, 9);
+    let mut out = Vec::new();
+    b.write(&mut out, &[0x5a; 64])
+        .expect("building a UDP frame");
+    out
+}
+
+/// The MAC of `dev` in `ns`.
+fn mac_in(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
+    let dev = dev.to_string();
+    ns.run(move || Ok(mac_of(&dev)))
 }
 
 /// Addresses the variant's traffic uses: (doolittle side, calculon side).

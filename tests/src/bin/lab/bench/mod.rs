@@ -48,6 +48,8 @@ pub struct Plan {
     pub tcp_seconds: u32,
     pub udp_seconds: u32,
     pub rr_exchanges: usize,
+    /// Frames per live-frames generator burst.
+    pub generator_frames: u32,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -58,6 +60,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tcp_seconds: 1,
             udp_seconds: 1,
             rr_exchanges: 2_000,
+            generator_frames: 1_000_000,
         }
     } else {
         Plan {
@@ -65,6 +68,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tcp_seconds: 5,
             udp_seconds: 3,
             rr_exchanges: 20_000,
+            generator_frames: 5_000_000,
         }
     };
     anyhow::ensure!(plan.runs > 0, "--runs must be at least 1");

@@ -118,6 +118,16 @@ const METRICS: &[Metric] = &[
     ("TCP 4 streams", |s| s.tcp4_gbit_s, "Gbit/s"),
     ("UDP 64 B received", |s| s.udp64_rx_kpps, "kpps"),
     ("UDP 64 B sent", |s| s.udp64_tx_kpps, "kpps"),
+    (
+        "UDP 64 B forwarded, live-frames generator",
+        |s| s.gen_rx_kpps,
+        "kpps",
+    ),
+    (
+        "UDP 64 B offered by the generator",
+        |s| s.gen_tx_kpps,
+        "kpps",
+    ),
     ("request/response p50", |s| s.rr_p50_us, "µs"),
     ("request/response p99", |s| s.rr_p99_us, "µs"),
 ];
@@ -164,6 +174,14 @@ impl Results {
         let _ = writeln!(md);
         let _ = writeln!(md, "|---{}", "|---".repeat(s.variants.len()) + "|");
         for (name, get, unit) in METRICS {
+            // Figures a topology doesn't measure (the generator on two hosts) are left out.
+            if s.variants
+                .iter()
+                .flat_map(|(_, v)| v)
+                .all(|x| get(x) == 0.0)
+            {
+                continue;
+            }
             let _ = write!(md, "| {name}, {unit} | ");
             let plain = median_of(s, Variant::Plain, *get);
             for (v, samples) in &s.variants {
