@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 
 use crate::cmd;
 
-/// Packages the tests and the demo use (ping; ip/tc; nft for rfe's NAT in seed §6; ethtool
-/// to switch GRO on for veths that XDP redirects into; iperf3, tcpdump and ncat for poking
-/// at a `--keep` demo by hand).
+/// Packages the tests, the demo and the bench use (ping; ip/tc; nft for rfe's NAT in seed §6;
+/// ethtool to switch GRO on for veths that XDP redirects into; iperf3 for the bench, and with
+/// tcpdump and ncat for poking at a `--keep` demo by hand; a font for the bench chart).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -19,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "ethtool",
     "qemu-system-x86",
+    // The bench chart's font.
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

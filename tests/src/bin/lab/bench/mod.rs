@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: ipip next to plain routing and the kernel's VXLAN on the same
 //! machine, in the same run, interleaved. Writes Markdown and JSON under `--out`.
 
+mod chart;
 mod e2e;
 mod prog;
 mod report;
@@ -109,6 +110,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for (name, text) in [("latest.md", &md), ("latest.json", &json)] {
         std::fs::write(args.out.join(name), text)?;
     }
+    let png = dir.join("bench.png");
+    chart::draw(&results, &png).context("drawing the chart")?;
+    std::fs::copy(&png, args.out.join("latest.png"))?;
     println!("{md}");
     println!("==> written to {} (and latest.* beside it)", dir.display());
     Ok(())
