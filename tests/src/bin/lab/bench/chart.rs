@@ -64,7 +64,7 @@ fn panels(r: &Results) -> Vec<Panel> {
                 .cases
                 .iter()
                 .filter(|c| c.net_ns > 0.0 && !c.name.contains("floor"))
-                .map(|c| (abbreviate(c.name), c.net_ns))
+                .map(|c| (abbreviate(&c.name), c.net_ns))
                 .collect(),
         });
     }

@@ -23,7 +23,7 @@ const VXLAN: [Ipv4Addr; 2] = [
 ];
 
 /// What carries the traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Variant {
     /// The underlay addresses, no tunnel.
     Plain,
@@ -65,7 +65,7 @@ impl Variant {
 }
 
 /// One variant's figures from one round.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub tcp1_gbit_s: f64,
     pub tcp4_gbit_s: f64,
@@ -74,7 +74,8 @@ pub struct Sample {
     pub rr_p50_us: f64,
     pub rr_p99_us: f64,
     /// Gateway line only: 64-byte UDP from the live-frames generator, forwarded (received
-    /// at the server) and offered, in kpps.
+    /// at the server) and offered, in kpps. The generator shares CPU 0 with the softirqs that
+    /// forward its frames, so it offers what the path takes; alone it makes ~4 Mpps.
     pub gen_rx_kpps: f64,
     pub gen_tx_kpps: f64,
     /// The machine was busy before a measurement even after waiting.
@@ -82,10 +83,10 @@ pub struct Sample {
 }
 
 /// Every round of every variant.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Series {
-    pub topology: &'static str,
-    pub method: &'static str,
+    pub topology: String,
+    pub method: String,
     pub variants: Vec<(Variant, Vec<Sample>)>,
 }
 
@@ -107,8 +108,8 @@ pub fn host_to_host(plan: &Plan) -> Result<Series> {
         measure_variant(&ipip, d, c, v, plan)
     })?;
     Ok(Series {
-        topology: "two hosts, one veth pair (doolittle ↔ calculon)",
-        method: "iperf3 TCP 1 and 4 streams and UDP 64-byte datagrams (-b 0), sender pinned to CPU 0 and receiver to CPU 1 (-A); request/response: 64 bytes each way over one TCP connection (TCP_NODELAY), first tenth not counted",
+        topology: "two hosts, one veth pair (doolittle ↔ calculon)".into(),
+        method: "iperf3 TCP 1 and 4 streams and UDP 64-byte datagrams (-b 0), sender pinned to CPU 0 and receiver to CPU 1 (-A); request/response: 64 bytes each way over one TCP connection (TCP_NODELAY), first tenth not counted".into(),
         variants,
     })
 }
@@ -266,8 +267,8 @@ pub fn gateway_line(plan: &Plan) -> Result<Series> {
         result
     })?;
     Ok(Series {
-        topology: "gateway line: calculon — doolittle — (bridge, router) — rfe — comp000 (seed §6)",
-        method: "as for two hosts, from calculon to comp000; the fast path runs with TX checksum offload off on every veth, as it requires there (see README), the others with it on",
+        topology: "gateway line: calculon — doolittle — (bridge, router) — rfe — comp000 (seed §6)".into(),
+        method: "as for two hosts, from calculon to comp000; the fast path runs with TX checksum offload off on every veth, as it requires there (see README), the others with it on".into(),
         variants,
     })
 }

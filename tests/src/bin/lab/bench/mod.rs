@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// `latest.json` beside it).
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Measure nothing: write the Markdown and the chart again from a results JSON.
+    #[arg(long, value_name = "JSON")]
+    redraw: Option<PathBuf>,
     /// Only these parts (comma-separated; default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -43,7 +46,7 @@ pub enum Part {
 }
 
 /// How long and how often: full or `--quick`.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub runs: u32,
     pub tcp_seconds: u32,
@@ -54,6 +57,18 @@ pub struct Plan {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(json) = &args.redraw {
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+        let results: report::Results = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a bench results file", json.display()))?;
+        let dir = json.parent().unwrap_or(std::path::Path::new("."));
+        let stem = json.file_stem().and_then(|s| s.to_str()).unwrap_or("bench");
+        std::fs::write(dir.join(format!("{stem}.md")), results.markdown())?;
+        chart::draw(&results, &dir.join(format!("{stem}.png")))?;
+        println!("==> {stem}.md and {stem}.png written in {}", dir.display());
+        return Ok(());
+    }
     ipip_tests::require_root()?;
     let plan = if args.quick {
         Plan {

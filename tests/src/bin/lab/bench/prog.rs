@@ -88,10 +88,10 @@ enum Moves {
 }
 
 /// One measured program.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Cost {
-    pub name: &'static str,
-    pub what: &'static str,
+    pub name: String,
+    pub what: String,
     pub repeat: u32,
     /// Median over the runs of the kernel's average ns per repeat, harness included.
     pub ns: f64,
@@ -99,7 +99,7 @@ pub struct Cost {
     pub net_ns: f64,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Costs {
     pub method: String,
     pub repeat: u32,
@@ -540,8 +540,8 @@ fn measure_all(repeat: u32, runs: u32) -> Result<Vec<Cost>> {
         bare.push(bare_pass(&mut h, &floor_frame, repeat)?);
     }
     out.push(Cost {
-        name: "XDP_PASS (floor)",
-        what: "a program that only returns XDP_PASS, run directly",
+        name: "XDP_PASS (floor)".into(),
+        what: "a program that only returns XDP_PASS, run directly".into(),
         repeat,
         ns: super::report::spread(&bare).median,
         net_ns: 0.0,
@@ -592,8 +592,8 @@ fn measure_all(repeat: u32, runs: u32) -> Result<Vec<Cost>> {
             floors[slot] = ns;
         }
         out.push(Cost {
-            name: c.name,
-            what: c.what,
+            name: c.name.into(),
+            what: c.what.into(),
             repeat,
             ns,
             net_ns: ns - floors[slot],

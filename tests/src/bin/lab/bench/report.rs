@@ -9,7 +9,7 @@ use super::scale::Scale;
 use super::Plan;
 
 /// What the figures were measured on.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     pub kernel: String,
     pub cpu: String,
@@ -37,7 +37,7 @@ impl Machine {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Results {
     pub machine: Machine,
     pub plan: Plan,
@@ -121,11 +121,6 @@ const METRICS: &[Metric] = &[
     (
         "UDP 64 B forwarded, live-frames generator",
         |s| s.gen_rx_kpps,
-        "kpps",
-    ),
-    (
-        "UDP 64 B offered by the generator",
-        |s| s.gen_tx_kpps,
         "kpps",
     ),
     ("request/response p50", |s| s.rr_p50_us, "µs"),

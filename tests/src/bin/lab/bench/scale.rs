@@ -15,7 +15,7 @@ use ipip_tests::topology::build::TempDir;
 use ipip_tests::{IpipUser, Netns};
 
 /// One size measured.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     pub peers: usize,
     pub routes: usize,
@@ -30,16 +30,16 @@ pub struct Row {
 }
 
 /// Per-packet cost at one route count.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PacketRow {
     pub routes: usize,
     pub xdp_decap_ns: f64,
     pub tc_encap_ns: f64,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Scale {
-    pub method: &'static str,
+    pub method: String,
     pub lifecycle: Vec<Row>,
     pub per_packet: Vec<PacketRow>,
 }
@@ -210,7 +210,7 @@ pub fn scale(quick: bool) -> Result<Scale> {
         });
     }
     Ok(Scale {
-        method: "release ipip-user; wall time and peak RSS (wait4) of each command; maps: the kernel's memlock of every pinned map; per packet: XDP decap behind the restoring harness, TC encap one run per fresh skb, harness or floor included, to one peer's route among N scattered /32s",
+        method: "release ipip-user; wall time and peak RSS (wait4) of each command; maps: the kernel's memlock of every pinned map; per packet: XDP decap behind the restoring harness, TC encap one run per fresh skb, harness or floor included, to one peer's route among N scattered /32s".into(),
         lifecycle,
         per_packet,
     })
