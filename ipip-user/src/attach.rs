@@ -84,6 +84,9 @@ async fn prepare(
 ) -> Result<Prepared> {
     let file = PeersFile::load(peers_path)?;
     let link = nl.link(interface).await?;
+    if link.loopback {
+        bail!("{interface} is the loopback device: nothing sent there reaches a peer. Attach to the interface that faces the peers (see `ip route get <peer remote>`)");
+    }
     let mut lans: Vec<Link> = Vec::new();
     for name in file.tunnel.lan.iter().chain(extra_lans) {
         if let Err(why) = crate::config::check_interface_name(name) {
@@ -164,6 +167,19 @@ async fn prepare(
                 )
             })?,
     };
+    // The file could only check an explicit [tunnel] local; the interface's own address must
+    // stay outside the routes too, or the tunnel's packets would be routed into it.
+    if let Some((peer, net)) = file
+        .peers
+        .iter()
+        .find_map(|p| p.routes.iter().find(|r| r.contains(&local)).map(|r| (p, r)))
+    {
+        bail!(
+            "{}: route {net} of peer {} contains {local}, {interface}'s address that the tunnel sends from: the tunnel would route its own packets into itself",
+            peers_path.display(),
+            peer.name
+        );
+    }
     let mut next_hops = Vec::with_capacity(file.peers.len());
     for peer in &file.peers {
         let hop = nl

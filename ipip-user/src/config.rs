@@ -6,6 +6,7 @@ use std::{
     fmt,
     net::Ipv4Addr,
     ops::Range,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -13,6 +14,20 @@ use ipip_common::{MAX_PEERS, MAX_ROUTES, MIN_PEERS_CAPACITY, MIN_ROUTES_CAPACITY
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use toml::Spanned;
+
+/// Largest peers file read: room for MAX_ROUTES routes of ~24 bytes each.
+pub const MAX_FILE_BYTES: u64 = 128 << 20;
+
+/// `value` for an error message, cut short: a message never echoes a huge value back.
+fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX).collect();
+        format!("{head:?}… ({} bytes)", value.len())
+    }
+}
 
 /// A validated peers file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,11 +83,14 @@ pub struct Peer {
 /// A peers-file error, with the place it was found.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read peers file {}: {source}", path.display())]
+    // The cause is the error's source, printed once by the `{:#}` chain.
+    #[error("cannot read peers file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("peers file {}: {why}", path.display())]
+    NotAFile { path: PathBuf, why: String },
     #[error("{}:{line}:{column}: {message}", path.display())]
     Invalid {
         path: PathBuf,
@@ -83,10 +101,50 @@ pub enum ConfigError {
 }
 
 impl PeersFile {
+    /// Reads and validates a peers file: a regular file (not a FIFO, device or folder, which
+    /// could block or never end) of at most [`MAX_FILE_BYTES`].
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read as _;
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let not_a_file = |why: String| ConfigError::NotAFile {
+            path: path.to_owned(),
+            why,
+        };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if !meta.is_file() {
+            let what = if meta.is_dir() {
+                "a folder"
+            } else {
+                "not a regular file (a FIFO, socket or device)"
+            };
+            return Err(not_a_file(format!(
+                "is {what}; give the path of a TOML file"
+            )));
+        }
+        // O_NONBLOCK: the file could have been swapped for a FIFO since the check.
+        let file = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(not_a_file(format!(
+                "is larger than {} MiB; a peers file with the largest tables fits well within that",
+                MAX_FILE_BYTES >> 20
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            not_a_file(format!(
+                "is not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            ))
         })?;
         Self::parse(&text, path)
     }
@@ -206,8 +264,8 @@ fn unicast(s: &Spanned<String>, what: &str) -> Result<Ipv4Addr, Located> {
         at(
             s,
             format!(
-                "{what} {:?} is not an IPv4 address (like \"192.0.2.1\")",
-                s.get_ref()
+                "{what} {} is not an IPv4 address (like \"192.0.2.1\")",
+                shown(s.get_ref())
             ),
         )
     })?;
@@ -231,7 +289,28 @@ fn byte_or_inherit(s: &Spanned<toml::Value>, what: &str, min: i64) -> Result<Opt
     }
 }
 
+/// The range `net` lies in if nothing can route it: loopback, multicast and the reserved
+/// 240.0.0.0/4 (with the broadcast address), and "this network" 0.0.0.0/8. A prefix that
+/// merely contains one of them (0.0.0.0/0) is fine: the kernel keeps those for itself.
+pub fn unroutable(net: Ipv4Net) -> Option<&'static str> {
+    const RANGES: [(&str, [u8; 4], u8); 4] = [
+        ("0.0.0.0/8 (this network)", [0, 0, 0, 0], 8),
+        ("127.0.0.0/8 (loopback)", [127, 0, 0, 0], 8),
+        ("224.0.0.0/4 (multicast)", [224, 0, 0, 0], 4),
+        ("240.0.0.0/4 (reserved)", [240, 0, 0, 0], 4),
+    ];
+    RANGES.iter().find_map(|(name, addr, len)| {
+        let range = Ipv4Net::new(Ipv4Addr::from(*addr), *len).expect("valid range");
+        (net.prefix_len() >= *len && range.contains(&net.network())).then_some(*name)
+    })
+}
+
 fn validate(raw: RawFile) -> Result<PeersFile, Located> {
+    let address_span = raw
+        .tunnel
+        .as_ref()
+        .and_then(|t| t.address.as_ref())
+        .map(|a| a.span());
     let tunnel = match raw.tunnel {
         None => Tunnel {
             local: None,
@@ -288,7 +367,8 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
             return Err(at(
                 &p.name,
                 format!(
-                    "peer name {name:?} must be 1..{} characters of letters, digits, '-', '_' or '.'",
+                    "peer name {} must be 1..{} characters of letters, digits, '-', '_' or '.'",
+                    shown(&name),
                     PEER_NAME_LEN - 1
                 ),
             ));
@@ -322,7 +402,13 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
                 .parse()
                 .or_else(|_| text.parse::<Ipv4Addr>().map(Ipv4Net::from))
                 .map_err(|_| {
-                    at(r, format!("peer {name}: route {text:?} is not an IPv4 prefix (like \"10.0.2.0/24\")"))
+                    at(
+                        r,
+                        format!(
+                            "peer {name}: route {} is not an IPv4 prefix (like \"10.0.2.0/24\")",
+                            shown(text)
+                        ),
+                    )
                 })?;
             if net.trunc() != net {
                 return Err(at(
@@ -331,6 +417,12 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
                         "peer {name}: route {net} has host bits set; did you mean {}?",
                         net.trunc()
                     ),
+                ));
+            }
+            if let Some(range) = unroutable(net) {
+                return Err(at(
+                    r,
+                    format!("peer {name}: route {net} lies in {range}, which can't be routed through a tunnel"),
                 ));
             }
             if let Some(owner) = prefixes.insert(net, name.clone()) {
@@ -391,6 +483,27 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
             message: format!("route {net} contains this host's [tunnel] local address {local}"),
         });
     }
+    if let Some((address, span)) = tunnel.address.zip(address_span) {
+        let a = address.addr();
+        if let Some(peer) = peers.iter().find(|p| p.remote == a) {
+            return Err(Located {
+                span,
+                message: format!(
+                    "[tunnel] address {a} is peer {}'s remote: the tunnel address lives inside the tunnel, the remote outside it",
+                    peer.name
+                ),
+            });
+        }
+        if let Some(net) = covering(a) {
+            return Err(Located {
+                span,
+                message: format!(
+                    "[tunnel] address {a} lies inside route {net} (peer {}): traffic to this host's own address would be sent into the tunnel",
+                    prefixes[&net]
+                ),
+            });
+        }
+    }
     Ok(PeersFile { tunnel, peers })
 }
 
@@ -405,7 +518,7 @@ fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {
         Some(a) => {
             let text = a.get_ref().trim();
             let net: Ipv4Net = text.parse().map_err(|_| {
-                at(a, format!("[tunnel] address {text:?} must be an address with its prefix length, like \"10.0.1.1/24\""))
+                at(a, format!("[tunnel] address {} must be an address with its prefix length, like \"10.0.1.1/24\"", shown(text)))
             })?;
             let addr = net.addr();
             if addr.is_unspecified()
@@ -417,6 +530,9 @@ fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {
                     a,
                     format!("[tunnel] address {addr} is not a unicast address"),
                 ));
+            }
+            if net.prefix_len() == 0 {
+                return Err(at(a, format!("[tunnel] address {net}: a /0 prefix would claim every address; give the tunnel subnet's length, like /24")));
             }
             if net.prefix_len() < 31 && (addr == net.network() || addr == net.broadcast()) {
                 return Err(at(a, format!("[tunnel] address {net} is the network or broadcast address of its prefix: use a host address")));
@@ -444,7 +560,7 @@ fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {
     for l in &t.lan {
         let name = l.get_ref().trim();
         if let Err(why) = check_interface_name(name) {
-            return Err(at(l, format!("[tunnel] lan {name:?}: {why}")));
+            return Err(at(l, format!("[tunnel] lan {}: {why}", shown(name))));
         }
         if lan.iter().any(|x| x == name) {
             return Err(at(l, format!("[tunnel] lan {name:?} is listed twice")));
@@ -753,5 +869,82 @@ routes = ["10.0.2.0/24", "10.10.10.0/24"]
             e.contains("route 192.0.2.0/25 contains peer p0's remote address 192.0.2.1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn files_that_cannot_work_are_refused() {
+        let peer = |routes: &str| {
+            format!("[[peer]]\nname = \"a\"\nremote = \"192.0.2.1\"\nroutes = [{routes}]\n")
+        };
+        let cases = [
+            (
+                format!(
+                    "[tunnel]\naddress = \"192.0.2.1/24\"\n{}",
+                    peer("\"10.0.2.0/24\"")
+                ),
+                "is peer a's remote",
+            ),
+            (
+                format!(
+                    "[tunnel]\naddress = \"10.0.2.7/24\"\n{}",
+                    peer("\"10.0.2.0/24\"")
+                ),
+                "lies inside route 10.0.2.0/24 (peer a)",
+            ),
+            (
+                format!(
+                    "[tunnel]\naddress = \"10.0.1.1/0\"\n{}",
+                    peer("\"10.0.2.0/24\"")
+                ),
+                "a /0 prefix",
+            ),
+            (peer("\"127.0.0.0/8\""), "127.0.0.0/8 (loopback)"),
+            (peer("\"127.1.2.3\""), "127.0.0.0/8 (loopback)"),
+            (peer("\"224.0.0.0/24\""), "224.0.0.0/4 (multicast)"),
+            (peer("\"239.1.1.1\""), "multicast"),
+            (peer("\"255.255.255.255\""), "240.0.0.0/4"),
+            (peer("\"0.0.0.0/8\""), "this network"),
+        ];
+        for (text, want) in cases {
+            let e = error(&text);
+            assert!(e.contains(want), "for\n{text}\nwanted {want:?}, got {e}");
+        }
+        // Containing a reserved range is not lying in it: half the address space is fine.
+        parse(&peer("\"0.0.0.0/1\"")).expect("0.0.0.0/1 through the tunnel");
+    }
+
+    #[test]
+    fn huge_values_are_not_echoed() {
+        let long = "x".repeat(1 << 20);
+        let e = error(&format!(
+            "[[peer]]\nname = \"a\"\nremote = \"{long}\"\nroutes = [\"10.0.2.0/24\"]\n"
+        ));
+        assert!(e.len() < 400, "{} bytes of error", e.len());
+        assert!(e.contains("1048576 bytes"), "{e}");
+    }
+
+    #[test]
+    fn only_regular_files_are_read_and_causes_print_once() {
+        let dir = std::env::temp_dir().join(format!("ipip-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.toml");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for (path, want) in [
+            (dir.as_path(), "is a folder"),
+            (fifo.as_path(), "not a regular file"),
+            (Path::new("/dev/zero"), "not a regular file"),
+        ] {
+            let e = PeersFile::load(path).expect_err("refused");
+            let text = format!("{:#}", anyhow::Error::new(e));
+            assert!(text.contains(want), "{}: {text}", path.display());
+        }
+        let missing = dir.join("missing.toml");
+        let text = format!(
+            "{:#}",
+            anyhow::Error::new(PeersFile::load(&missing).unwrap_err())
+        );
+        assert_eq!(text.matches("No such file").count(), 1, "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

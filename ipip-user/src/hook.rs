@@ -107,6 +107,7 @@ mod tests {
             mtu: 1500,
             up: true,
             veth,
+            loopback: false,
             mac: [2, 0, 0, 0, 0, 1],
         }
     }

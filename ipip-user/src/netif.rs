@@ -36,6 +36,8 @@ pub struct Link {
     pub up: bool,
     /// A veth: XDP redirects into it have conditions a NIC doesn't (see attach).
     pub veth: bool,
+    /// The loopback device: nothing it sends reaches a peer.
+    pub loopback: bool,
     /// Hardware address (zero when the link has none of Ethernet size).
     pub mac: [u8; 6],
 }
@@ -258,6 +260,7 @@ fn link_from(msg: netlink_packet_route::link::LinkMessage) -> Link {
         mtu: 1500,
         up: msg.header.flags.contains(LinkFlags::Up),
         veth: false,
+        loopback: msg.header.flags.contains(LinkFlags::Loopback),
         mac: [0; 6],
     };
     for attr in msg.attributes {

@@ -391,6 +391,37 @@ fn bad_input_is_refused_clearly() -> Result<()> {
     let left = pinned(&d.ns.pin_dir());
     ensure!(left.is_empty(), "failed attach left pins: {left:?}");
 
+    // Refused before anything is touched: the loopback device, and a route that contains
+    // the interface's own address (the file alone can't know it).
+    let out = ipip.output(&d.ns, &["attach", "lo", "--peers", &peers])?;
+    let msg = stderr_and_stdout(&out);
+    ensure!(
+        !out.status.success() && msg.contains("loopback"),
+        "attach lo: {msg}"
+    );
+    let covering = t.dir().join("covering.toml");
+    std::fs::write(
+        &covering,
+        format!(
+            "[[peer]]\nname = \"calculon\"\nremote = \"{}\"\nroutes = [\"{}\", \"192.0.2.0/26\"]\n",
+            c.underlay, c.prefix
+        ),
+    )?;
+    let f = covering.to_string_lossy();
+    let out = ipip.output(&d.ns, &["attach", d.iface, "--peers", &f])?;
+    let msg = stderr_and_stdout(&out);
+    ensure!(
+        !out.status.success()
+            && msg.contains("192.0.2.0/26")
+            && msg.contains(&d.underlay.to_string()),
+        "a route containing the interface's address was not refused clearly: {msg}"
+    );
+    let routes = routes_proto_156(d)?;
+    ensure!(
+        routes.is_empty() && pinned(&d.ns.pin_dir()).is_empty(),
+        "refused attaches left routes or pins: {routes}"
+    );
+
     attach_both(&ipip, &t)?;
     let out = ipip.output(&d.ns, &["attach", d.iface, "--peers", &peers])?;
     let msg = stderr_and_stdout(&out);
