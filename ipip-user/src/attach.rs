@@ -64,6 +64,8 @@ pub struct Attached {
 struct Prepared {
     link: Link,
     dir: PinDir,
+    /// Where install pins everything before renaming it to `dir`.
+    staging: PinDir,
     plan: Plan,
     /// Next hop toward each peer's remote, by peer index.
     next_hops: Vec<Option<Ipv4Addr>>,
@@ -131,6 +133,10 @@ async fn prepare(
         log::warn!("net.ipv4.ip_forward is 0: this host forwards nothing, fast path or not (sysctl -w net.ipv4.ip_forward=1)");
     }
     let dir = PinDir::for_interface(interface)?;
+    if dir.staging().exists() {
+        log::warn!("{interface}: cleaning up after an interrupted attach");
+        clean(nl, &dir.staging()).await?;
+    }
     if dir.exists() && is_stale(&dir) {
         log::warn!(
             "removing {}: left by a deleted network namespace whose inode this one reuses",
@@ -225,6 +231,7 @@ async fn prepare(
     );
     Ok(Prepared {
         link,
+        staging: dir.staging(),
         dir,
         plan,
         next_hops,
@@ -260,7 +267,7 @@ pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
             let added = prepared.plan.address.filter(|_| made.address);
             let cleanup = teardown(
                 &nl,
-                &prepared.dir,
+                &prepared.staging,
                 prepared.link.index,
                 added,
                 made.fwd_use_pmtu,
@@ -301,27 +308,27 @@ async fn install(
     let iface = &p.link.name;
     let mut dp = Datapath::load(p.plan.capacity)?;
     dp.fill(&p.plan)?;
-    p.dir
+    p.staging
         .create()
-        .with_context(|| format!("creating pin folder {}", p.dir.path.display()))?;
+        .with_context(|| format!("creating pin folder {}", p.staging.path.display()))?;
     // Section maps (.rodata, .bss) are held by the programs themselves and can't be pinned
     // under a dotted name; every named map is pinned.
     for (name, map) in dp.ebpf.maps().filter(|(n, _)| !n.starts_with('.')) {
-        map.pin(p.dir.map(name))
+        map.pin(p.staging.map(name))
             .with_context(|| format!("pinning map {name}"))?;
     }
     dp.xdp()?
-        .pin(p.dir.prog(PROG_XDP_DECAP))
+        .pin(p.staging.prog(PROG_XDP_DECAP))
         .context("pinning the XDP program")?;
     dp.tc()?
-        .pin(p.dir.prog(PROG_TC_EGRESS))
+        .pin(p.staging.prog(PROG_TC_EGRESS))
         .context("pinning the TC egress program")?;
     dp.tc_decap()?
-        .pin(p.dir.prog(PROG_TC_INGRESS))
+        .pin(p.staging.prog(PROG_TC_INGRESS))
         .context("pinning the TC ingress program")?;
 
     let mut tunnel = p.plan.tunnel;
-    let xdp_pin = p.dir.link(LINK_XDP);
+    let xdp_pin = p.staging.link(LINK_XDP);
     let mut decap_reason = p.choice.why.clone();
     let xdp_how = match p.choice.hook {
         Hook::Xdp => Some(attach_xdp_to(dp.xdp()?, &p.link, mode, &xdp_pin)?),
@@ -357,14 +364,15 @@ async fn install(
         let macs: Vec<(u32, [u8; 6])> = p.lans.iter().map(|l| (l.index, l.mac)).collect();
         dp.accept_frames_to(&macs)?;
         dp.xdp_lan()?
-            .pin(p.dir.prog(PROG_XDP_LAN))
+            .pin(p.staging.prog(PROG_XDP_LAN))
             .context("pinning the LAN XDP program")?;
         for lan in &p.lans {
             let how = attach_xdp_to(
                 dp.xdp_lan()?,
                 lan,
                 mode,
-                &p.dir.link(&format!("{LINK_XDP_LAN_PREFIX}{}", lan.name)),
+                &p.staging
+                    .link(&format!("{LINK_XDP_LAN_PREFIX}{}", lan.name)),
             )?;
             lans.push(format!("{} (xdp {how})", lan.name));
         }
@@ -372,10 +380,12 @@ async fn install(
 
     let src = p.plan.address.map(|a| a.addr());
     if let Some(addr) = p.plan.address.filter(|_| !p.address_present) {
-        nl.add_address(p.link.index, addr).await?;
-        made.address = true;
+        // Recorded before it is made: killed in between, the record makes detach remove it
+        // (an address already gone is fine to remove).
         tunnel.flags |= TUNNEL_FLAG_ADDRESS_ADDED;
         dp.set_tunnel(&tunnel)?;
+        made.address = true;
+        nl.add_address(p.link.index, addr).await?;
     }
     // A gateway's forwarding path must obey the PMTU the data path learns (see forward_pmtu).
     if ip_forwarding() && forward_pmtu::enable()? {
@@ -429,6 +439,14 @@ async fn install(
         .iter()
         .map(|(r, gateway, name)| format!("{r} via {gateway} ({name})"))
         .collect();
+    // Complete: only now does the attachment appear under its name.
+    p.dir.commit(&p.staging).with_context(|| {
+        format!(
+            "renaming {} to {}",
+            p.staging.path.display(),
+            p.dir.path.display()
+        )
+    })?;
     Ok(Attached {
         interface: iface.clone(),
         pin_dir: p.dir.path.display().to_string(),
@@ -466,7 +484,7 @@ fn attach_tc(
     let link: FdLink = prog.take_link(id)?.try_into().map_err(|_| {
         anyhow!("the kernel attached TC through netlink, not a TCX link: ipip needs Linux >= 6.6")
     })?;
-    link.pin(p.dir.link(pin))
+    link.pin(p.staging.link(pin))
         .with_context(|| format!("pinning the TC {at:?} link"))?;
     Ok(())
 }
@@ -581,28 +599,68 @@ pub struct Detached {
     pub interface: String,
     pub routes_removed: usize,
     pub address_removed: Option<String>,
+    /// What an interrupted attach had left was cleaned up too.
+    pub interrupted_attach_removed: bool,
 }
 
 pub async fn detach(interface: &str) -> Result<Detached> {
     let dir = PinDir::for_interface(interface)?;
     let _lock = lock::lock(&dir)?;
+    let nl = Netlink::open()?;
+    let staging = dir.staging();
+    let interrupted = staging.exists();
+    if interrupted {
+        log::warn!("{interface}: cleaning up after an interrupted attach");
+        clean(&nl, &staging).await?;
+    }
     if !dir.exists() {
+        if interrupted {
+            return Ok(Detached {
+                interface: interface.to_string(),
+                routes_removed: 0,
+                address_removed: None,
+                interrupted_attach_removed: true,
+            });
+        }
         bail!("{interface} is not attached in this network namespace (nothing under {}); `ipip-user status` lists what is", dir.path.display());
     }
-    if is_stale(&dir) {
+    let mut done = clean(&nl, &dir).await?;
+    done.interrupted_attach_removed = interrupted;
+    Ok(done)
+}
+
+/// Removes one attachment (or what an interrupted attach left in its staging folder): its
+/// routes, the address if attach added it, the sysctl hold, and every pin.
+async fn clean(nl: &Netlink, dir: &PinDir) -> Result<Detached> {
+    let interface = dir.interface.clone();
+    let nothing = |interface| Detached {
+        interface,
+        routes_removed: 0,
+        address_removed: None,
+        interrupted_attach_removed: false,
+    };
+    if is_stale(dir) {
         // Its namespace (and with it the interface, routes and address) is gone already.
         dir.remove()
             .with_context(|| format!("removing {}", dir.path.display()))?;
-        return Ok(Detached {
-            interface: interface.to_string(),
-            routes_removed: 0,
-            address_removed: None,
-        });
+        return Ok(nothing(interface));
     }
-    let nl = Netlink::open()?;
-    let tunnel =
-        read_tunnel(&dir).with_context(|| format!("reading {}", dir.map(MAP_CONFIG).display()))?;
-    let ours = read_routes(&dir).ok();
+    let tunnel = match read_tunnel(dir) {
+        Ok(t) => t,
+        // Pinned first of all: without it nothing outside the pins was made yet.
+        Err(_)
+            if dir
+                .path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(crate::pins::STAGING_PREFIX)) =>
+        {
+            dir.remove()
+                .with_context(|| format!("removing {}", dir.path.display()))?;
+            return Ok(nothing(interface));
+        }
+        Err(e) => return Err(e.context(format!("reading {}", dir.map(MAP_CONFIG).display()))),
+    };
+    let ours = read_routes(dir).ok();
     let routes_removed = match &ours {
         Some(set) => nl
             .our_routes(tunnel.ifindex)
@@ -620,8 +678,8 @@ pub async fn detach(interface: &str) -> Result<Detached> {
         .expect("prefix length was validated at attach")
     });
     teardown(
-        &nl,
-        &dir,
+        nl,
+        dir,
         tunnel.ifindex,
         address,
         tunnel.flags & TUNNEL_FLAG_FWD_USE_PMTU != 0,
@@ -629,9 +687,10 @@ pub async fn detach(interface: &str) -> Result<Detached> {
     )
     .await?;
     Ok(Detached {
-        interface: interface.to_string(),
+        interface,
         routes_removed,
         address_removed: address.map(|a| a.to_string()),
+        interrupted_attach_removed: false,
     })
 }
 

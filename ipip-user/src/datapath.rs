@@ -23,19 +23,19 @@ pub static BENCH_HARNESS: &[u8] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Load(#[from] aya::EbpfError),
-    #[error("the kernel refused program {name}: {source}")]
+    #[error("the kernel refused program {name}")]
     Program {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     DevMap {
         name: &'static str,
         source: aya::maps::xdp::XdpMapError,

@@ -156,8 +156,17 @@ async fn dispatch(cmd: Command) -> Result<()> {
             for l in &a.lans {
                 println!("fast path on LAN interface {l}");
             }
-            for r in &a.routes {
+            // A large table is summed up; --json has every route.
+            const SHOWN: usize = 20;
+            for r in a.routes.iter().take(SHOWN) {
                 println!("route {r}");
+            }
+            if a.routes.len() > SHOWN {
+                println!(
+                    "... and {} more routes ({} in all; `attach --json` lists them)",
+                    a.routes.len() - SHOWN,
+                    a.routes.len()
+                );
             }
             println!("pinned under {}", a.pin_dir);
             Ok(())
@@ -167,6 +176,12 @@ async fn dispatch(cmd: Command) -> Result<()> {
             let d = attach::detach(&interface).await?;
             if json {
                 return print_json(&d);
+            }
+            if d.interrupted_attach_removed {
+                println!(
+                    "{}: what an interrupted attach had left is removed",
+                    d.interface
+                );
             }
             println!(
                 "detached from {}: programs and pins removed, {} route(s) removed{}",

@@ -19,12 +19,12 @@ pub const ROUTE_PROTO: u8 = 156;
 pub enum NetError {
     #[error("interface {0} does not exist in this network namespace (see `ip link`)")]
     NoSuchInterface(String),
-    #[error("netlink: {what}: {source}")]
+    #[error("netlink: {what}")]
     Netlink {
         what: String,
         source: rtnetlink::Error,
     },
-    #[error("cannot open a netlink socket: {0}")]
+    #[error("cannot open a netlink socket")]
     Socket(#[from] std::io::Error),
 }
 

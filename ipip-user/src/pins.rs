@@ -22,7 +22,8 @@ pub enum PinError {
     Name(String, &'static str),
     #[error("{path}: {why}; it is not safe to keep pins or locks there. Remove it (`rm -r {path}`) and run the command again")]
     Unsafe { path: String, why: String },
-    #[error("cannot create {path}: {source}")]
+    // The cause is the source, printed once by the `{:#}` chain.
+    #[error("cannot create {path}")]
     Create { path: String, source: io::Error },
 }
 
@@ -149,6 +150,10 @@ fn is_bpffs(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Staging folders are named this plus the interface: longer than any interface name (15
+/// bytes at most) and dot-free, as bpffs refuses dots in names.
+pub const STAGING_PREFIX: &str = "partial-attach-of-";
+
 /// The pin folder of one attachment.
 #[derive(Clone, Debug)]
 pub struct PinDir {
@@ -170,13 +175,36 @@ impl PinDir {
         })
     }
 
-    /// Every attachment in the current namespace, sorted by interface name.
+    /// Where an attach builds this attachment: everything is pinned here and the folder is
+    /// renamed to its final name only when complete, so a killed attach never leaves
+    /// something that looks attached. The next attach or detach of the interface cleans it.
+    pub fn staging(&self) -> PinDir {
+        PinDir {
+            path: self
+                .path
+                .with_file_name(format!("{STAGING_PREFIX}{}", self.interface)),
+            interface: self.interface.clone(),
+            netns: self.netns,
+        }
+    }
+
+    /// Makes `staging` this attachment (one rename: it is there whole or not at all).
+    pub fn commit(&self, staging: &PinDir) -> io::Result<()> {
+        std::fs::rename(&staging.path, &self.path)
+    }
+
+    /// Every attachment in the current namespace, sorted by interface name (folders still
+    /// being built, or left by an interrupted attach, are not attachments).
     pub fn list() -> Result<Vec<Self>, PinError> {
         let netns = netns_id()?;
         let mut out = Vec::new();
         if let Ok(entries) = std::fs::read_dir(ns_dir(netns)) {
             for e in entries.flatten() {
-                if let Some(name) = e.file_name().to_str() {
+                if let Some(name) = e
+                    .file_name()
+                    .to_str()
+                    .filter(|n| !n.starts_with(STAGING_PREFIX))
+                {
                     out.push(Self {
                         path: e.path(),
                         interface: name.to_string(),

@@ -278,3 +278,95 @@ fn interface_names_that_are_paths_are_refused() -> Result<()> {
     ensure!(status.contains(": ok "), "calculon's attachment: {status}");
     Ok(())
 }
+
+/// How many calls of `syscalls` a run of `args` in `ns` makes (strace, followed across
+/// threads).
+fn count_calls(ns: &ipip_tests::Netns, syscalls: &str, args: &[&str]) -> Result<usize> {
+    let log = std::env::temp_dir().join(format!("ipip-strace-{}.log", std::process::id()));
+    let log_s = log.to_string_lossy().into_owned();
+    let mut line = vec!["strace", "-f", "-qq", "-e", syscalls, "-o", &log_s];
+    line.extend_from_slice(args);
+    let out = ns.output(&line)?;
+    ensure!(out.status.success(), "{}", describe(&out));
+    let text = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    Ok(text.lines().filter(|l| !l.contains("resumed>")).count())
+}
+
+/// SIGKILL of attach at bpf() and netlink calls along the whole attach: whatever point it
+/// dies at, what is left is either nothing or something the next attach cleans up and
+/// replaces; that attach carries traffic, and detach then leaves nothing (no pins, no
+/// staging folder, no route, no address).
+#[test]
+fn attach_killed_anywhere_leaves_nothing_the_next_commands_cannot_clean() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    // attach must add the tunnel address itself, so that a leaked address would show.
+    d.ns.exec(&[
+        "ip",
+        "addr",
+        "del",
+        &format!("{}/32", d.private),
+        "dev",
+        "lo",
+    ])?;
+    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    let bin = ipip.path().to_string_lossy().into_owned();
+    let peers = d.peers.to_string_lossy().into_owned();
+    let attach = [bin.as_str(), "attach", d.iface, "--peers", &peers];
+    let nothing_left = |what: &str| -> Result<()> {
+        let pins = d.ns.pin_dir();
+        let left: Vec<_> = std::fs::read_dir(&pins)
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        ensure!(left.is_empty(), "{what}: pins left: {left:?}");
+        let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+        ensure!(routes.trim().is_empty(), "{what}: routes left: {routes}");
+        let addrs = d.ns.exec(&["ip", "-4", "-o", "addr", "show"])?;
+        ensure!(
+            !addrs.contains(&d.private.to_string()),
+            "{what}: the tunnel address outlived detach: {addrs}"
+        );
+        Ok(())
+    };
+    for (syscalls, class) in [
+        ("trace=bpf", "bpf"),
+        ("trace=sendto,sendmsg", "netlink send"),
+    ] {
+        let total = count_calls(&d.ns, syscalls, &attach)?;
+        ipip.detach(&d.ns, d.iface)?;
+        nothing_left("after a clean attach and detach")?;
+        ensure!(total > 3, "only {total} {class} calls in an attach?");
+        // Every point for the short list; a spread (first, last and in between) otherwise.
+        let step = (total / 24).max(1);
+        let mut points: Vec<usize> = (1..=total).step_by(step).collect();
+        points.extend([total.saturating_sub(1), total]);
+        points.dedup();
+        for n in points {
+            let what = format!("attach killed at {class} call {n} of {total}");
+            let inject = format!("inject={}:signal=KILL:when={n}", &syscalls[6..]);
+            let mut line = vec!["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject];
+            line.extend_from_slice(&attach);
+            let _ = d.ns.output(&line)?;
+            // Whatever it left: the next attach finishes the job (cleaning first) or says
+            // it is attached already, and the tunnel works.
+            let out = ipip.output(&d.ns, &attach[1..])?;
+            let text = describe(&out);
+            ensure!(
+                out.status.success() || text.contains("already attached"),
+                "{what}: the next attach failed: {text}"
+            );
+            ensure!(
+                ping_ok(&d.ns, d.private, c.private, 1)?,
+                "{what}: no traffic after the next attach: {text}"
+            );
+            let status = ipip.run(&d.ns, &["status"])?;
+            ensure!(status.contains(": ok "), "{what}: status says {status}");
+            ipip.detach(&d.ns, d.iface).with_context(|| what.clone())?;
+            nothing_left(&what)?;
+        }
+    }
+    Ok(())
+}

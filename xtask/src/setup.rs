@@ -21,6 +21,8 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     // The bench chart's font.
     "fonts-dejavu-core",
+    // Fault injection for the lifecycle tests (SIGKILL at a chosen syscall).
+    "strace",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
