@@ -188,22 +188,7 @@ async fn prepare(
     }
     let mut next_hops = Vec::with_capacity(file.peers.len());
     for peer in &file.peers {
-        let hop = nl
-            .route_get(peer.remote)
-            .await
-            .with_context(|| format!("peer {} ({}) is unreachable", peer.name, peer.remote))?;
-        if hop.oif != link.index {
-            let via = nl
-                .link_by_index(hop.oif)
-                .await?
-                .map_or_else(|| format!("interface #{}", hop.oif), |l| l.name);
-            bail!(
-                "peer {} ({}) is reached through {via}, not {interface}: attach to {via}, or fix the underlay route",
-                peer.name,
-                peer.remote
-            );
-        }
-        next_hops.push(hop.gateway);
+        next_hops.push(next_hop(nl, &link, peer).await?);
     }
     let address_present = file
         .tunnel
@@ -239,6 +224,31 @@ async fn prepare(
         choice,
         lans,
     })
+}
+
+/// The underlay next hop toward `peer` (`None`: on-link), which must be through `link`.
+pub async fn next_hop(
+    nl: &Netlink,
+    link: &Link,
+    peer: &crate::config::Peer,
+) -> Result<Option<Ipv4Addr>> {
+    let interface = &link.name;
+    let hop = nl
+        .route_get(peer.remote)
+        .await
+        .with_context(|| format!("peer {} ({}) is unreachable", peer.name, peer.remote))?;
+    if hop.oif != link.index {
+        let via = nl
+            .link_by_index(hop.oif)
+            .await?
+            .map_or_else(|| format!("interface #{}", hop.oif), |l| l.name);
+        bail!(
+            "peer {} ({}) is reached through {via}, not {interface}: attach to {via}, or fix the underlay route",
+            peer.name,
+            peer.remote
+        );
+    }
+    Ok(hop.gateway)
 }
 
 /// What to attach, from the command line.

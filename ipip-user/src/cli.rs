@@ -21,6 +21,7 @@ path stays, pinned under /sys/fs/bpf/ipip/. Wire-compatible with Linux's `ip tun
   ipip-user stats eth0                         per-peer and per-reason counters
   ipip-user stats --json                       the same for scripts
   ipip-user log eth0                           print each dropped packet as it happens
+  ipip-user reload eth0 --peers peers.toml     apply a changed file, losing nothing
   ipip-user detach eth0                        remove exactly what attach made
   ipip-user --netns calculon stats             run inside network namespace calculon
 
@@ -61,6 +62,18 @@ pub enum Command {
         #[arg(long, value_name = "IFACE")]
         lan: Vec<String>,
         /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a changed peers file to an attached interface without losing a packet: only
+    /// what changed is touched (peers keep their counters).
+    #[command(
+        after_help = "Example:\n  ipip-user reload eth0 --peers /etc/ipip/peers.toml\n\nPeers, routes and per-peer settings (ttl, tos, pmtudisc) change live; local, address and\nlan need detach and attach. The maps keep the size attach gave them ([tunnel] max_peers,\nmax_routes)."
+    )]
+    Reload {
+        interface: String,
+        #[arg(long, short, value_name = "FILE")]
+        peers: PathBuf,
         #[arg(long)]
         json: bool,
     },

@@ -13,5 +13,6 @@ pub mod netif;
 pub mod pins;
 pub mod plan;
 pub mod privileges;
+pub mod reload;
 pub mod stats;
 pub mod status;

@@ -171,6 +171,39 @@ async fn dispatch(cmd: Command) -> Result<()> {
             println!("pinned under {}", a.pin_dir);
             Ok(())
         }
+        Command::Reload {
+            interface,
+            peers,
+            json,
+        } => {
+            PeersFile::load(&peers)?;
+            require_admin("reload")?;
+            let r = ipip_user::reload::reload(&interface, &peers).await?;
+            if json {
+                return print_json(&r);
+            }
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", v.join(", "))
+                }
+            };
+            println!(
+                "reloaded {}: {} peer(s) added{}, {} removed{}, {} changed{}; routes {} added, {} removed, {} moved",
+                r.interface,
+                r.peers_added.len(),
+                list(&r.peers_added),
+                r.peers_removed.len(),
+                list(&r.peers_removed),
+                r.peers_changed.len(),
+                list(&r.peers_changed),
+                r.routes_added,
+                r.routes_removed,
+                r.routes_moved
+            );
+            Ok(())
+        }
         Command::Detach { interface, json } => {
             require_admin("detach")?;
             let d = attach::detach(&interface).await?;

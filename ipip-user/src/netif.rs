@@ -174,6 +174,33 @@ impl Netlink {
         src: Option<Ipv4Addr>,
         mtu: u32,
     ) -> Result<(), NetError> {
+        self.route_request(prefix, gateway, oif, src, mtu, false)
+            .await
+    }
+
+    /// Like [`Netlink::add_route`], replacing a route to the same prefix in one step (no
+    /// moment without a route).
+    pub async fn replace_route(
+        &self,
+        prefix: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        oif: u32,
+        src: Option<Ipv4Addr>,
+        mtu: u32,
+    ) -> Result<(), NetError> {
+        self.route_request(prefix, gateway, oif, src, mtu, true)
+            .await
+    }
+
+    async fn route_request(
+        &self,
+        prefix: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        oif: u32,
+        src: Option<Ipv4Addr>,
+        mtu: u32,
+        replace: bool,
+    ) -> Result<(), NetError> {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(prefix.network(), prefix.prefix_len())
             .output_interface(oif)
@@ -189,10 +216,9 @@ impl Netlink {
         let mut msg = b.build();
         msg.attributes
             .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
-        self.handle
-            .route()
-            .add(msg)
-            .execute()
+        let req = self.handle.route().add(msg);
+        let req = if replace { req.replace() } else { req };
+        req.execute()
             .await
             .map_err(nl(format!("adding route {prefix}")))
     }

@@ -111,7 +111,8 @@ pub async fn collect() -> Result<Vec<Status>> {
     Ok(out)
 }
 
-fn lan_links(dir: &PinDir) -> Vec<String> {
+/// The LAN interfaces with the fast path (from the link pins).
+pub fn lan_links(dir: &PinDir) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir.path.join("links"))
         .into_iter()
         .flatten()

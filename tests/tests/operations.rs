@@ -370,3 +370,142 @@ fn attach_killed_anywhere_leaves_nothing_the_next_commands_cannot_clean() -> Res
     }
     Ok(())
 }
+
+/// reload applies a changed peers file live: peers and routes added, moved and removed, a
+/// per-peer setting changed, while a bounded ping flow to an unchanged peer loses nothing
+/// and that peer's counters carry on. What reload can't change is refused, naming the fix.
+#[test]
+fn reload_changes_peers_and_routes_without_losing_a_packet() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    ipip.attach(&d.ns, d.iface, &d.peers)?;
+    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    let file = |extra_route: bool, bender: bool, ttl: &str| -> Result<String> {
+        let mut text = format!(
+            "[tunnel]\naddress = \"{}/24\"\nttl = {ttl}\n[[peer]]\nname = \"calculon\"\nremote = \"{}\"\nroutes = [\"{}\"{}]\n",
+            d.private,
+            c.underlay,
+            c.prefix,
+            if extra_route { ", \"10.10.10.0/24\"" } else { "" }
+        );
+        if bender {
+            text.push_str("[[peer]]\nname = \"bender\"\nremote = \"192.0.2.130\"\nroutes = [\"10.0.3.0/24\"]\n");
+        }
+        let path = t.dir().join(format!(
+            "reload-{extra_route}-{bender}-{}.toml",
+            ttl.trim_matches('"')
+        ));
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let before = ipip.peer_stats(&d.ns, d.iface, "calculon")?;
+    // 600 pings 5 ms apart (3 s) while the file changes four times.
+    let line = d.ns.command_line(&[
+        "ping",
+        "-n",
+        "-q",
+        "-i",
+        "0.005",
+        "-c",
+        "600",
+        "-W",
+        "1",
+        "-I",
+        &d.private.to_string(),
+        &c.private.to_string(),
+    ]);
+    let flow = Command::new(&line[0])
+        .args(&line[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = file(true, true, "\"inherit\"")?;
+    let out = ipip.run(&d.ns, &["reload", d.iface, "--peers", &grown, "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(
+        v["peers_added"] == serde_json::json!(["bender"]) && v["routes_added"] == 2,
+        "first reload: {v}"
+    );
+    let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+    ensure!(
+        routes.contains("10.10.10.0/24") && routes.contains("10.0.3.0/24 via 192.0.2.130"),
+        "routes after adding: {routes}"
+    );
+    let out = ipip.run(
+        &d.ns,
+        &[
+            "reload",
+            d.iface,
+            "--peers",
+            &file(true, true, "64")?,
+            "--json",
+        ],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(
+        v["peers_changed"] == serde_json::json!(["bender", "calculon"]) && v["routes_added"] == 0,
+        "ttl reload: {v}"
+    );
+    let out = ipip.run(
+        &d.ns,
+        &[
+            "reload",
+            d.iface,
+            "--peers",
+            &file(false, false, "\"inherit\"")?,
+            "--json",
+        ],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(
+        v["peers_removed"] == serde_json::json!(["bender"]) && v["routes_removed"] == 2,
+        "shrinking reload: {v}"
+    );
+    let out = flow.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("600 packets transmitted, 600 received"),
+        "the flow lost packets across the reloads: {}",
+        describe(&out)
+    );
+    let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+    ensure!(
+        !routes.contains("10.10.10.0/24")
+            && !routes.contains("10.0.3.0/24")
+            && routes.contains(&c.prefix),
+        "routes after shrinking: {routes}"
+    );
+    let after = ipip.peer_stats(&d.ns, d.iface, "calculon")?;
+    ensure!(
+        after.tx_packets >= before.tx_packets + 600,
+        "calculon's counters did not carry on: {before:?} -> {after:?}"
+    );
+    // What only attach can change.
+    let moved = t.dir().join("moved-address.toml");
+    std::fs::write(
+        &moved,
+        format!(
+            "[tunnel]\naddress = \"10.0.1.9/24\"\n[[peer]]\nname = \"calculon\"\nremote = \"{}\"\nroutes = [\"{}\"]\n",
+            c.underlay, c.prefix
+        ),
+    )?;
+    let out = ipip.output(
+        &d.ns,
+        &["reload", d.iface, "--peers", &moved.to_string_lossy()],
+    )?;
+    ensure!(
+        !out.status.success()
+            && describe(&out).contains("address changed")
+            && describe(&out).contains("detach"),
+        "an address change was not refused clearly: {}",
+        describe(&out)
+    );
+    ensure!(
+        ping_ok(&d.ns, d.private, c.private, 1)?,
+        "no traffic after the refused reload"
+    );
+    Ok(())
+}
