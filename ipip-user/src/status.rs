@@ -30,7 +30,27 @@ pub struct Status {
     pub lans: Vec<String>,
 }
 
+/// Why this process can't see attachments at all, if it can't: bpffs hidden (`ip netns
+/// exec` remounts /sys), or the root-only pin folder unreadable.
+fn blind_spot() -> Option<String> {
+    use crate::pins::{BPFFS, ROOT};
+    if !crate::pins::is_bpffs(std::path::Path::new(BPFFS)) {
+        return Some(format!(
+            "{BPFFS} is not a BPF filesystem here, so attachments can't be seen (under `ip netns exec`, /sys is remounted and bpffs hidden): use `ipip-user --netns NAME status` or `nsenter --net=/run/netns/NAME`"
+        ));
+    }
+    match std::fs::read_dir(ROOT) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+            "{ROOT} is readable by root only (the pins are root's): run `ipip-user status` as root"
+        )),
+        _ => None,
+    }
+}
+
 pub async fn collect() -> Result<Vec<Status>> {
+    if let Some(why) = blind_spot() {
+        anyhow::bail!(why);
+    }
     let nl = Netlink::open()?;
     let mut out = Vec::new();
     for dir in PinDir::list()? {

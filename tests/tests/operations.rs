@@ -509,3 +509,38 @@ fn reload_changes_peers_and_routes_without_losing_a_packet() -> Result<()> {
     );
     Ok(())
 }
+
+/// status where it can't see attachments says why, instead of "nothing attached" or calling
+/// a healthy attachment incomplete: as an unprivileged user (the pins are root's) and under
+/// `ip netns exec` (bpffs hidden).
+#[test]
+fn status_says_why_it_cannot_see() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let d = &t.doolittle;
+    ipip.attach(&d.ns, d.iface, &d.peers)?;
+    let bin = ipip.path().to_string_lossy().into_owned();
+    let out = d.ns.output(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &bin,
+        "status",
+    ])?;
+    let text = describe(&out);
+    ensure!(
+        !out.status.success() && text.contains("root") && !text.contains("incomplete"),
+        "unprivileged status: {text}"
+    );
+    let out = ipip_tests::cmd::output(&["ip", "netns", "exec", d.ns.name(), &bin, "status"])?;
+    let text = describe(&out);
+    ensure!(
+        !out.status.success() && text.contains("bpffs") && text.contains("--netns"),
+        "status under ip netns exec: {text}"
+    );
+    let status = ipip.run(&d.ns, &["status"])?;
+    ensure!(status.contains(": ok "), "status as root: {status}");
+    Ok(())
+}
