@@ -207,19 +207,21 @@ fn scale_markdown(md: &mut String, s: &Scale) {
     let _ = writeln!(md, "### Scale\n\n{}.\n", s.method);
     let _ = writeln!(
         md,
-        "| peers | routes | check s (MiB) | attach s (MiB) | detach s (MiB) | map memory MiB |"
+        "| peers | routes | check s (MiB) | attach s (MiB) | reload s (MiB) | detach s (MiB) | map memory MiB |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for r in &s.lifecycle {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.1} |",
+            "| {} | {} | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.2} ({:.0}) | {:.1} |",
             r.peers,
             r.routes,
             r.check_s,
             r.check_rss_mib,
             r.attach_s,
             r.attach_rss_mib,
+            r.reload_s,
+            r.reload_rss_mib,
             r.detach_s,
             r.detach_rss_mib,
             r.map_mib

@@ -25,6 +25,11 @@ pub struct Row {
     pub attach_rss_mib: f64,
     pub detach_s: f64,
     pub detach_rss_mib: f64,
+    /// reload with a tenth of the routes replaced by others (absent from older results).
+    #[serde(default)]
+    pub reload_s: f64,
+    #[serde(default)]
+    pub reload_rss_mib: f64,
     /// Sum of `memlock` over the attachment's pinned maps.
     pub map_mib: f64,
 }
@@ -58,8 +63,14 @@ pub fn remote(i: usize) -> Ipv4Addr {
 
 /// A peers file with `peers` peers sharing `routes` routes.
 pub fn peers_file(peers: usize, routes: usize) -> String {
+    peers_file_from(peers, routes, 0)
+}
+
+/// Like [`peers_file`], with the routes numbered from `first` (a file shifted by a tenth of
+/// its routes has nine tenths in common with the unshifted one).
+pub fn peers_file_from(peers: usize, routes: usize, first: usize) -> String {
     let mut per: Vec<Vec<usize>> = vec![Vec::new(); peers];
-    for r in 0..routes {
+    for r in first..first + routes {
         per[r % peers].push(r);
     }
     let mut t = String::with_capacity(routes * 22 + peers * 64);
@@ -148,8 +159,13 @@ fn lifecycle_row(ipip: &IpipUser, dir: &Path, peers: usize, routes: usize) -> Re
     let (attach, attach_rss, _) = measured(&ns, &[&bin, "attach", "e0", "--peers", &f, "--json"])?;
     let maps = ns.pin_dir().join("e0").join("maps");
     let map = map_bytes(&maps).unwrap_or(0);
+    let shifted = dir.join(format!("scale-{peers}-{routes}-shifted.toml"));
+    std::fs::write(&shifted, peers_file_from(peers, routes, routes / 10))?;
+    let s = shifted.to_string_lossy().into_owned();
+    let (reload, reload_rss, _) = measured(&ns, &[&bin, "reload", "e0", "--peers", &s])?;
     let (detach, detach_rss, _) = measured(&ns, &[&bin, "detach", "e0"])?;
     let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&shifted);
     Ok(Row {
         peers,
         routes,
@@ -159,6 +175,8 @@ fn lifecycle_row(ipip: &IpipUser, dir: &Path, peers: usize, routes: usize) -> Re
         attach_rss_mib: attach_rss,
         detach_s: detach.as_secs_f64(),
         detach_rss_mib: detach_rss,
+        reload_s: reload.as_secs_f64(),
+        reload_rss_mib: reload_rss,
         map_mib: map as f64 / (1024.0 * 1024.0),
     })
 }
@@ -178,15 +196,17 @@ pub fn scale(quick: bool) -> Result<Scale> {
     };
     let mut lifecycle = Vec::new();
     for &(peers, routes) in sizes {
-        println!("==> scale: {peers} peers, {routes} routes: check, attach, detach");
+        println!("==> scale: {peers} peers, {routes} routes: check, attach, reload, detach");
         let row = lifecycle_row(&ipip, &dir.0, peers, routes)
             .with_context(|| format!("{peers} peers, {routes} routes"))?;
         println!(
-            "    check {:.2} s ({:.0} MiB), attach {:.2} s ({:.0} MiB), detach {:.2} s ({:.0} MiB), maps {:.1} MiB",
+            "    check {:.2} s ({:.0} MiB), attach {:.2} s ({:.0} MiB), reload {:.2} s ({:.0} MiB), detach {:.2} s ({:.0} MiB), maps {:.1} MiB",
             row.check_s,
             row.check_rss_mib,
             row.attach_s,
             row.attach_rss_mib,
+            row.reload_s,
+            row.reload_rss_mib,
             row.detach_s,
             row.detach_rss_mib,
             row.map_mib
@@ -210,7 +230,7 @@ pub fn scale(quick: bool) -> Result<Scale> {
         });
     }
     Ok(Scale {
-        method: "release ipip-user; wall time and peak RSS (wait4) of each command; maps: the kernel's memlock of every pinned map; per packet: XDP decap behind the restoring harness, TC encap one run per fresh skb, harness or floor included, to one peer's route among N scattered /32s".into(),
+        method: "release ipip-user; wall time and peak RSS (wait4) of each command (reload: a tenth of the routes replaced by others); maps: the kernel's memlock of every pinned map; per packet: XDP decap behind the restoring harness, TC encap one run per fresh skb, harness or floor included, to one peer's route among N scattered /32s".into(),
         lifecycle,
         per_packet,
     })
