@@ -49,10 +49,11 @@ fn pinned(dir: &PinDir, name: &str) -> Result<MapData> {
 }
 
 /// The peer slots a file's peers get: an existing name keeps its slot, a new one takes the
-/// lowest free slot. `None` when there are more peers than slots.
+/// lowest slot no peer had before this reload (a removed peer's slot still has routes
+/// pointing at it until they are gone). `None` when there are not enough such slots.
 pub fn assign_slots(old: &HashMap<String, u32>, new: &[String], capacity: u32) -> Option<Vec<u32>> {
-    let kept: HashSet<u32> = new.iter().filter_map(|n| old.get(n).copied()).collect();
-    let mut free = (0..capacity).filter(|i| !kept.contains(i));
+    let taken: HashSet<u32> = old.values().copied().collect();
+    let mut free = (0..capacity).filter(|i| !taken.contains(i));
     new.iter()
         .map(|n| old.get(n).copied().or_else(|| free.next()))
         .collect()
@@ -153,8 +154,12 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
     );
     let old_slots: HashMap<String, u32> = old.iter().map(|(n, (i, _))| (n.clone(), *i)).collect();
     let wanted: Vec<String> = plan.peers.iter().map(|p| p.name.clone()).collect();
-    let slots = assign_slots(&old_slots, &wanted, peer_capacity)
-        .context("more peers than slots (checked above)")?;
+    let Some(slots) = assign_slots(&old_slots, &wanted, peer_capacity) else {
+        bail!(
+            "{}: the new peers need slots that peers being removed still hold ({peer_capacity} in all): reload once without the removed peers, then with the new ones (or detach and attach with a larger [tunnel] max_peers)",
+            peers_path.display()
+        );
+    };
     for (p, slot) in plan.peers.iter_mut().zip(&slots) {
         p.index = *slot;
     }
@@ -300,5 +305,10 @@ mod tests {
         assert_eq!(assign_slots(&old, &new, 8), Some(vec![2, 1, 0, 3]));
         assert_eq!(assign_slots(&old, &new, 3), None);
         assert_eq!(assign_slots(&HashMap::new(), &[], 1), Some(vec![]));
+        // x goes, y comes: y must not take x's slot while x's routes may still point there.
+        let old: HashMap<String, u32> = [("a".to_string(), 0), ("x".to_string(), 1)].into();
+        let new: Vec<String> = ["a", "y"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(assign_slots(&old, &new, 4), Some(vec![0, 2]));
+        assert_eq!(assign_slots(&old, &new, 2), None);
     }
 }
