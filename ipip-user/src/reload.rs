@@ -219,13 +219,27 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
         })
         .map(|p| p.index)
         .collect();
+    // The kernel's own view too: a reload killed between a map entry and its kernel route
+    // left the entry without the route, and this reload puts the route back.
+    let in_kernel: HashSet<Ipv4Net> = nl
+        .our_routes(tunnel.ifindex)
+        .await?
+        .iter()
+        .filter_map(route_prefix)
+        .collect();
     let sorted: BTreeSet<Ipv4Net> = new_routes.keys().copied().collect();
     for net in sorted {
         let idx = new_routes[&net];
         let gateway = hops[&idx];
         let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
         match old_routes.get(&net) {
-            Some(o) if *o == idx && !moved_remotes.contains(&idx) => {}
+            Some(o) if *o == idx && !moved_remotes.contains(&idx) && in_kernel.contains(&net) => {}
+            Some(o) if *o == idx && !moved_remotes.contains(&idx) => {
+                nl.add_route(net, Some(gateway), tunnel.ifindex, src, plan.tunnel_mtu)
+                    .await
+                    .with_context(|| format!("restoring route {net}"))?;
+                done.routes_added += 1;
+            }
             Some(_) => {
                 routes.insert(&key, idx, 0)?;
                 nl.replace_route(net, Some(gateway), tunnel.ifindex, src, plan.tunnel_mtu)

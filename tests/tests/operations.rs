@@ -544,3 +544,83 @@ fn status_says_why_it_cannot_see() -> Result<()> {
     ensure!(status.contains(": ok "), "status as root: {status}");
     Ok(())
 }
+
+/// SIGKILL of reload at a spread of its bpf() and netlink calls: the same reload run again
+/// completes the change (every route of the new file in the kernel, none of the old file's
+/// extra ones), traffic flows, and detach leaves nothing.
+#[test]
+fn reload_killed_anywhere_is_completed_by_the_next_reload() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    let bin = ipip.path().to_string_lossy().into_owned();
+    let write = |name: &str, extra: &[&str], bender: bool| -> Result<String> {
+        let mut routes = vec![format!("\"{}\"", c.prefix)];
+        routes.extend(extra.iter().map(|r| format!("\"{r}\"")));
+        let mut text = format!(
+            "[tunnel]\naddress = \"{}/24\"\n[[peer]]\nname = \"calculon\"\nremote = \"{}\"\nroutes = [{}]\n",
+            d.private,
+            c.underlay,
+            routes.join(", ")
+        );
+        if bender {
+            text.push_str("[[peer]]\nname = \"bender\"\nremote = \"192.0.2.130\"\nroutes = [\"10.0.3.0/24\", \"10.0.4.0/24\"]\n");
+        }
+        let path = t.dir().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    // From A (two extra routes, no bender) to B (two other extra routes, bender).
+    let a = write("a.toml", &["10.20.0.0/24", "10.21.0.0/24"], false)?;
+    let b = write("b.toml", &["10.22.0.0/24", "10.23.0.0/24"], true)?;
+    let want_b = ["10.22.0.0/24", "10.23.0.0/24", "10.0.3.0/24", "10.0.4.0/24"];
+    let gone_b = ["10.20.0.0/24", "10.21.0.0/24"];
+    let check_b = |what: &str| -> Result<()> {
+        let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+        for r in want_b.iter().chain([&c.prefix.as_str()]) {
+            ensure!(routes.contains(r), "{what}: {r} missing: {routes}");
+        }
+        for r in gone_b {
+            ensure!(!routes.contains(r), "{what}: {r} still there: {routes}");
+        }
+        ensure!(
+            ping_ok(&d.ns, d.private, c.private, 1)?,
+            "{what}: no traffic"
+        );
+        Ok(())
+    };
+    let reload_b = [bin.as_str(), "reload", d.iface, "--peers", &b];
+    for (syscalls, class) in [
+        ("trace=bpf", "bpf"),
+        ("trace=sendto,sendmsg", "netlink send"),
+    ] {
+        ipip.run(&d.ns, &["attach", d.iface, "--peers", &a])?;
+        let total = count_calls(&d.ns, syscalls, &reload_b)?;
+        check_b("after a clean reload")?;
+        ipip.detach(&d.ns, d.iface)?;
+        let step = (total / 16).max(1);
+        let mut points: Vec<usize> = (1..=total).step_by(step).collect();
+        points.push(total);
+        points.dedup();
+        for n in points {
+            let what = format!("reload killed at {class} call {n} of {total}");
+            ipip.run(&d.ns, &["attach", d.iface, "--peers", &a])?;
+            let inject = format!("inject={}:signal=KILL:when={n}", &syscalls[6..]);
+            let mut line = vec!["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject];
+            line.extend_from_slice(&reload_b);
+            let _ = d.ns.output(&line)?;
+            ipip.run(&d.ns, &reload_b[1..])
+                .with_context(|| format!("{what}: the next reload"))?;
+            check_b(&what)?;
+            ipip.detach(&d.ns, d.iface).with_context(|| what.clone())?;
+            let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+            ensure!(
+                routes.trim().is_empty(),
+                "{what}: routes left after detach: {routes}"
+            );
+        }
+    }
+    Ok(())
+}
