@@ -282,7 +282,10 @@ fn interface_names_that_are_paths_are_refused() -> Result<()> {
 /// How many calls of `syscalls` a run of `args` in `ns` makes (strace, followed across
 /// threads).
 fn count_calls(ns: &ipip_tests::Netns, syscalls: &str, args: &[&str]) -> Result<usize> {
-    let log = std::env::temp_dir().join(format!("ipip-strace-{}.log", std::process::id()));
+    // Tests run in parallel in one process: one log file per call.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::env::temp_dir().join(format!("ipip-strace-{}-{n}.log", std::process::id()));
     let log_s = log.to_string_lossy().into_owned();
     let mut line = vec!["strace", "-f", "-qq", "-e", syscalls, "-o", &log_s];
     line.extend_from_slice(args);
