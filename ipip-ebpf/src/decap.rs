@@ -64,8 +64,9 @@ pub struct Accepted {
     pub outer_hlen: usize,
     /// The tunnel's `TUNNEL_FLAG_*`, read once here for the caller.
     pub tunnel_flags: u32,
-    /// The inner packet is for the tunnel address: local delivery, no FIB lookup needed.
-    pub to_tunnel_address: bool,
+    /// The tunnel (overlay) address, network order (0 when none): what the fast path
+    /// delivers locally without a FIB lookup.
+    pub tunnel_address: [u8; 4],
 }
 
 /// Layout of an ICMP "fragmentation needed" as the decapsulators see it, from the frame start.
@@ -265,13 +266,12 @@ fn ipip<C: Packet>(frame: &mut Frame<C>) -> Result<Ours, Error> {
         }
     }
 
-    let to_tunnel_address = address != [0; 4] && inner.dst_addr == address;
     Ok(Ours::Ipip(Accepted {
         peer,
         inner_len,
         outer_hlen,
         tunnel_flags,
-        to_tunnel_address,
+        tunnel_address: address,
     }))
 }
 

@@ -42,9 +42,8 @@ fn try_decap(frame: &mut Frame<XdpContext>) -> Result<u32, Error> {
 fn decap(frame: &mut Frame<XdpContext>, accepted: Accepted) -> Result<u32, Error> {
     // 20..=60, and the verifier is told so.
     let hlen = accepted.outer_hlen & 0x3c;
-    // Traffic for the tunnel address is delivered here: no lookup can make it transit.
-    if accepted.tunnel_flags & TUNNEL_FLAG_FAST_PATH != 0 && !accepted.to_tunnel_address {
-        if let Some(action) = forward_fast(frame, accepted.peer, accepted.inner_len, hlen)? {
+    if accepted.tunnel_flags & TUNNEL_FLAG_FAST_PATH != 0 {
+        if let Some(action) = forward_fast(frame, &accepted, hlen)? {
             return Ok(action);
         }
     }
@@ -86,16 +85,20 @@ fn rewrite_frag_needed(frame: &mut Frame<XdpContext>, f: &FragNeeded) -> Result<
 #[inline(always)]
 fn forward_fast(
     frame: &mut Frame<XdpContext>,
-    peer: u32,
-    inner_len: usize,
+    accepted: &Accepted,
     hlen: usize,
 ) -> Result<Option<u32>, Error> {
+    let (peer, inner_len) = (accepted.peer, accepted.inner_len);
     let (src, dst, tos, vihl, ttl, proto, check) = {
         let h: &Ipv4Hdr = frame.get(ETH_LEN + hlen).ok_or(Error::NotOurs)?;
         (
             h.src_addr, h.dst_addr, h.tos, h.vihl, h.ttl, h.proto, h.check,
         )
     };
+    // Traffic for the tunnel address is delivered here: no lookup can make it transit.
+    if accepted.tunnel_address != [0; 4] && dst == accepted.tunnel_address {
+        return Ok(None);
+    }
     let ingress = frame.ingress_ifindex();
     let fib = fib::lookup(
         frame,

@@ -374,6 +374,40 @@ fn attach_killed_anywhere_leaves_nothing_the_next_commands_cannot_clean() -> Res
     Ok(())
 }
 
+/// doolittle's peers file for the reload tests, written into the topology's folder as
+/// `name`: its tunnel address, calculon with its prefix plus `extra` routes, bender (on the
+/// same segment) with `bender` routes when any, and `ttl` when given.
+fn doolittle_file(
+    t: &HostToHost,
+    name: &str,
+    extra: &[&str],
+    bender: &[&str],
+    ttl: Option<&str>,
+) -> Result<String> {
+    let (d, c) = (&t.doolittle, &t.calculon);
+    let quoted = |rs: &[&str]| rs.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>();
+    let mut routes = vec![format!("\"{}\"", c.prefix)];
+    routes.extend(quoted(extra));
+    let mut text = format!("[tunnel]\naddress = \"{}/24\"\n", d.private);
+    if let Some(ttl) = ttl {
+        text.push_str(&format!("ttl = {ttl}\n"));
+    }
+    text.push_str(&format!(
+        "[[peer]]\nname = \"calculon\"\nremote = \"{}\"\nroutes = [{}]\n",
+        c.underlay,
+        routes.join(", ")
+    ));
+    if !bender.is_empty() {
+        text.push_str(&format!(
+            "[[peer]]\nname = \"bender\"\nremote = \"192.0.2.130\"\nroutes = [{}]\n",
+            quoted(bender).join(", ")
+        ));
+    }
+    let path = t.dir().join(name);
+    std::fs::write(&path, text)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
 /// reload applies a changed peers file live: peers and routes added, moved and removed, a
 /// per-peer setting changed, while a bounded ping flow to an unchanged peer loses nothing
 /// and that peer's counters carry on. What reload can't change is refused, naming the fix.
@@ -386,22 +420,14 @@ fn reload_changes_peers_and_routes_without_losing_a_packet() -> Result<()> {
     ipip.attach(&d.ns, d.iface, &d.peers)?;
     ipip.attach(&c.ns, c.iface, &c.peers)?;
     let file = |extra_route: bool, bender: bool, ttl: &str| -> Result<String> {
-        let mut text = format!(
-            "[tunnel]\naddress = \"{}/24\"\nttl = {ttl}\n[[peer]]\nname = \"calculon\"\nremote = \"{}\"\nroutes = [\"{}\"{}]\n",
-            d.private,
-            c.underlay,
-            c.prefix,
-            if extra_route { ", \"10.10.10.0/24\"" } else { "" }
-        );
-        if bender {
-            text.push_str("[[peer]]\nname = \"bender\"\nremote = \"192.0.2.130\"\nroutes = [\"10.0.3.0/24\"]\n");
-        }
-        let path = t.dir().join(format!(
-            "reload-{extra_route}-{bender}-{}.toml",
+        let extra: &[&str] = if extra_route { &["10.10.10.0/24"] } else { &[] };
+        let bender: &[&str] = if bender { &["10.0.3.0/24"] } else { &[] };
+        let name = format!(
+            "reload-{extra_route}-{}-{}.toml",
+            !bender.is_empty(),
             ttl.trim_matches('"')
-        ));
-        std::fs::write(&path, text)?;
-        Ok(path.to_string_lossy().into_owned())
+        );
+        doolittle_file(&t, &name, extra, bender, Some(ttl))
     };
     let before = ipip.peer_stats(&d.ns, d.iface, "calculon")?;
     // 600 pings 5 ms apart (3 s) while the file changes four times.
@@ -559,25 +585,15 @@ fn reload_killed_anywhere_is_completed_by_the_next_reload() -> Result<()> {
     let (d, c) = (&t.doolittle, &t.calculon);
     ipip.attach(&c.ns, c.iface, &c.peers)?;
     let bin = ipip.path().to_string_lossy().into_owned();
-    let write = |name: &str, extra: &[&str], bender: bool| -> Result<String> {
-        let mut routes = vec![format!("\"{}\"", c.prefix)];
-        routes.extend(extra.iter().map(|r| format!("\"{r}\"")));
-        let mut text = format!(
-            "[tunnel]\naddress = \"{}/24\"\n[[peer]]\nname = \"calculon\"\nremote = \"{}\"\nroutes = [{}]\n",
-            d.private,
-            c.underlay,
-            routes.join(", ")
-        );
-        if bender {
-            text.push_str("[[peer]]\nname = \"bender\"\nremote = \"192.0.2.130\"\nroutes = [\"10.0.3.0/24\", \"10.0.4.0/24\"]\n");
-        }
-        let path = t.dir().join(name);
-        std::fs::write(&path, text)?;
-        Ok(path.to_string_lossy().into_owned())
-    };
     // From A (two extra routes, no bender) to B (two other extra routes, bender).
-    let a = write("a.toml", &["10.20.0.0/24", "10.21.0.0/24"], false)?;
-    let b = write("b.toml", &["10.22.0.0/24", "10.23.0.0/24"], true)?;
+    let a = doolittle_file(&t, "a.toml", &["10.20.0.0/24", "10.21.0.0/24"], &[], None)?;
+    let b = doolittle_file(
+        &t,
+        "b.toml",
+        &["10.22.0.0/24", "10.23.0.0/24"],
+        &["10.0.3.0/24", "10.0.4.0/24"],
+        None,
+    )?;
     let want_b = ["10.22.0.0/24", "10.23.0.0/24", "10.0.3.0/24", "10.0.4.0/24"];
     let gone_b = ["10.20.0.0/24", "10.21.0.0/24"];
     let check_b = |what: &str| -> Result<()> {
