@@ -5,6 +5,7 @@
 
 mod bench;
 mod counters;
+mod droplog;
 mod maps;
 
 pub use bench::{
@@ -14,6 +15,7 @@ pub use bench::{
 };
 
 pub use counters::{Path, PeerCounters, Reason, PATH_COUNT, REASON_COUNT};
+pub use droplog::{DropRecord, Hook, DROP_HAS_INNER, DROP_HAS_IP, DROP_LOG_BYTES, MAP_DROP_LOG};
 pub use maps::{
     FragKey, FragPiece, FragPieceKey, FragState, PeerConfig, PeerName, PeerPmtu, RouteKey,
     TunnelConfig, FRAG_MAX_PIECES, FRAG_PIECE_MAX, FRAG_SLOT, FRAG_TIMEOUT_NS, MAP_CONFIG,
@@ -38,6 +40,7 @@ mod pod {
     // padding (checked by the const asserts next to them) and accept any bit pattern.
     unsafe impl aya::Pod for PeerConfig {}
     unsafe impl aya::Pod for TunnelConfig {}
+    unsafe impl aya::Pod for DropRecord {}
     unsafe impl aya::Pod for PeerCounters {}
     unsafe impl aya::Pod for PeerName {}
     unsafe impl aya::Pod for PeerPmtu {}

@@ -177,7 +177,7 @@ impl PeerConfig {
 /// Set when `attach` added the tunnel address to the interface and so `detach` must remove it.
 pub const TUNNEL_FLAG_ADDRESS_ADDED: u32 = 1 << 0;
 
-/// Set while `ipip-user log` runs: the programs describe each drop through aya-log.
+/// Set while `ipip-user log` runs: the programs write a [`crate::DropRecord`] per drop.
 pub const TUNNEL_FLAG_LOG_DROPS: u32 = 1 << 1;
 
 /// Decapsulation runs at TC ingress instead of XDP (`attach --decap tc`).

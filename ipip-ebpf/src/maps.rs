@@ -4,13 +4,13 @@ use aya_ebpf::{
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, DevMapHash, HashMap, LruHashMap, PerCpuArray,
+        Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf,
     },
 };
 use ipip_common::{
     FragKey, FragPiece, FragPieceKey, FragState, PeerConfig, PeerCounters, PeerName, PeerPmtu,
-    Reason, RouteKey, TunnelConfig, FRAG_MAX_PIECES, MAX_FRAG_DATAGRAMS, MAX_FWD_DEVS, MAX_PEERS,
-    MAX_ROUTES, PATH_COUNT, REASON_COUNT,
+    Reason, RouteKey, TunnelConfig, DROP_LOG_BYTES, FRAG_MAX_PIECES, MAX_FRAG_DATAGRAMS,
+    MAX_FWD_DEVS, MAX_PEERS, MAX_ROUTES, PATH_COUNT, REASON_COUNT,
 };
 use ipip_ebpf::error::Error;
 
@@ -24,6 +24,10 @@ pub static PEERS: Array<PeerConfig> = Array::with_max_entries(MAX_PEERS, 0);
 /// Remote underlay address (network order) → peer index.
 #[map(name = "peer_by_remote")]
 pub static PEER_BY_REMOTE: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_PEERS, 0);
+
+/// Drop records while `ipip-user log` runs (see trace).
+#[map(name = "drop_log")]
+pub static DROP_LOG: RingBuf = RingBuf::with_byte_size(DROP_LOG_BYTES, 0);
 
 #[map(name = "config")]
 pub static CONFIG: Array<TunnelConfig> = Array::with_max_entries(1, 0);

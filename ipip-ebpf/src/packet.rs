@@ -124,7 +124,7 @@ impl<C: Packet> Frame<C> {
     }
 }
 
-/// Lets aya-log and helpers that take the context (FIB lookups) use the frame; a raw pointer
+/// Lets helpers that take the context (FIB lookups) use the frame; a raw pointer
 /// gives no packet access without `unsafe`.
 impl<C: Packet> EbpfContext for Frame<C> {
     #[inline(always)]

@@ -34,7 +34,7 @@ use crate::{
 pub fn ipip_tc_decap(ctx: TcContext) -> i32 {
     let mut frame = Frame::new(ctx);
     let result = try_decap(&mut frame);
-    verdict::tc(&frame, "tc-ingress", result)
+    verdict::tc(&frame, ipip_common::Hook::TcIngress, result)
 }
 
 #[inline(always)]

@@ -27,7 +27,7 @@ use crate::{
 pub fn ipip_tc_encap(ctx: TcContext) -> i32 {
     let mut frame = Frame::new(ctx);
     let result = try_encap(&mut frame);
-    verdict::tc(&frame, "tc-egress", result)
+    verdict::tc(&frame, ipip_common::Hook::TcEgress, result)
 }
 
 #[inline(always)]

@@ -5,6 +5,7 @@ use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_STOLEN},
     programs::{TcContext, XdpContext},
 };
+use ipip_common::Hook;
 use ipip_ebpf::error::{Error, Verdict};
 
 use crate::{
@@ -13,7 +14,7 @@ use crate::{
 };
 
 #[inline(always)]
-fn account<C: Packet>(ctx: &Frame<C>, hook: &str, e: Error) -> Verdict {
+fn account<C: Packet>(ctx: &Frame<C>, hook: Hook, e: Error) -> Verdict {
     let (verdict, reason) = e.verdict();
     if let Some(r) = reason {
         stats::count_reason(r);
@@ -25,7 +26,7 @@ fn account<C: Packet>(ctx: &Frame<C>, hook: &str, e: Error) -> Verdict {
 }
 
 #[inline(always)]
-pub fn xdp(ctx: &Frame<XdpContext>, hook: &str, result: Result<u32, Error>) -> u32 {
+pub fn xdp(ctx: &Frame<XdpContext>, hook: Hook, result: Result<u32, Error>) -> u32 {
     match result {
         Ok(action) => action,
         Err(e) => match account(ctx, hook, e) {
@@ -37,7 +38,7 @@ pub fn xdp(ctx: &Frame<XdpContext>, hook: &str, result: Result<u32, Error>) -> u
 }
 
 #[inline(always)]
-pub fn tc(ctx: &Frame<TcContext>, hook: &str, result: Result<(), Error>) -> i32 {
+pub fn tc(ctx: &Frame<TcContext>, hook: Hook, result: Result<(), Error>) -> i32 {
     match result {
         Ok(()) => TC_ACT_OK,
         Err(e) => match account(ctx, hook, e) {

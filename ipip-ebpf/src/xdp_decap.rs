@@ -21,7 +21,7 @@ use crate::{
 pub fn ipip_xdp_decap(ctx: XdpContext) -> u32 {
     let mut frame = Frame::new(ctx);
     let result = try_decap(&mut frame);
-    verdict::xdp(&frame, "xdp", result)
+    verdict::xdp(&frame, ipip_common::Hook::Xdp, result)
 }
 
 #[inline(always)]

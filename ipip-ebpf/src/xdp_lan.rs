@@ -24,7 +24,7 @@ use crate::{
 pub fn ipip_xdp_lan(ctx: XdpContext) -> u32 {
     let mut frame = Frame::new(ctx);
     let result = try_encap(&mut frame);
-    verdict::xdp(&frame, "xdp-lan", result)
+    verdict::xdp(&frame, ipip_common::Hook::XdpLan, result)
 }
 
 #[inline(always)]

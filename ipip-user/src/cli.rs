@@ -102,7 +102,14 @@ pub enum Command {
         /// Stop after this many seconds (default: until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+        /// One JSON object per record and line.
+        #[arg(long)]
+        json: bool,
     },
+    /// Internal: keeps `log`'s share of the drop-log lock and switches records off after the
+    /// last `log` ends, even one killed by a signal.
+    #[command(name = "__log-guard", hide = true)]
+    LogGuard { interface: String },
     /// What is attached in this network namespace.
     Status {
         #[arg(long)]

@@ -20,7 +20,6 @@ fn main() -> ExitCode {
             nix::sys::signal::SigHandler::SigDfl,
         )
     };
-    // aya-log records from the data path arrive as `warn` under the eBPF crate's target.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match run(cli) {
@@ -258,10 +257,20 @@ async fn dispatch(cmd: Command) -> Result<()> {
             }
             .map(|_| ())
         }
-        Command::Log { interface, seconds } => {
+        Command::Log {
+            interface,
+            seconds,
+            json,
+        } => {
             require_admin("log")?;
-            ipip_user::droplog::run(&interface, seconds.map(std::time::Duration::from_secs)).await
+            ipip_user::droplog::run(
+                &interface,
+                seconds.map(std::time::Duration::from_secs),
+                json,
+            )
+            .await
         }
+        Command::LogGuard { interface } => ipip_user::droplog::guard(&interface),
         Command::Status { json } => {
             let all = status::collect().await?;
             if json {

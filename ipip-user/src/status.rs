@@ -28,6 +28,37 @@ pub struct Status {
     pub decap: &'static str,
     /// LAN interfaces with the XDP fast path.
     pub lans: Vec<String>,
+    /// Drop records on: an `ipip-user log` is reading.
+    pub drop_log: bool,
+    /// The pinned programs, as the kernel reports them.
+    pub programs: Vec<Program>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Program {
+    pub name: String,
+    pub id: u32,
+    /// Instructions the verifier walked when loading it (kernel 5.16+).
+    pub verified_insns: Option<u32>,
+}
+
+/// Every program pinned in `dir`, sorted by name.
+pub fn programs(dir: &PinDir) -> Vec<Program> {
+    let mut out: Vec<Program> = std::fs::read_dir(dir.path.join("progs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let info = aya::programs::ProgramInfo::from_pin(e.path()).ok()?;
+            Some(Program {
+                name: e.file_name().to_string_lossy().into_owned(),
+                id: info.id(),
+                verified_insns: info.verified_instruction_count(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Why this process can't see attachments at all, if it can't: bpffs hidden (`ip netns
@@ -126,6 +157,9 @@ pub async fn collect() -> Result<Vec<Status>> {
             routes_installed: routes,
             decap,
             lans: lan_links(&dir),
+            drop_log: crate::attach::read_tunnel(&dir)
+                .is_ok_and(|t| t.flags & ipip_common::TUNNEL_FLAG_LOG_DROPS != 0),
+            programs: programs(&dir),
         });
     }
     Ok(out)

@@ -61,6 +61,36 @@ fn tc_ingress_decap_carries_icmp_and_tcp_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// Polls `status --json` until the drop-log flag is `on` (bounded: 10 s).
+fn wait_drop_log(ipip: &IpipUser, n: &Node, on: bool) -> Result<()> {
+    let want = format!("\"drop_log\": {on}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = ipip.run(&n.ns, &["status", "--json"])?;
+        if status.contains(&want) {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "drop log never became {on}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_log(ipip: &IpipUser, n: &Node, extra: &[&str]) -> Result<std::process::Child> {
+    let bin = ipip.path().to_string_lossy().into_owned();
+    let mut args = vec![bin.as_str(), "log", n.iface];
+    args.extend_from_slice(extra);
+    let line = n.ns.command_line(&args);
+    Command::new(&line[0])
+        .args(&line[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting ipip-user log")
+}
+
 #[test]
 fn log_describes_each_drop_with_its_addresses() -> Result<()> {
     require_root()?;
@@ -69,16 +99,12 @@ fn log_describes_each_drop_with_its_addresses() -> Result<()> {
     let (d, c) = (&t.doolittle, &t.calculon);
     ipip.attach(&d.ns, d.iface, &d.peers)?;
     ipip.attach(&c.ns, c.iface, &c.peers)?;
-    let bin = ipip.path().to_string_lossy().into_owned();
-    let line = d.ns.command_line(&[&bin, "log", d.iface, "--seconds", "3"]);
-    let child = Command::new(&line[0])
-        .args(&line[1..])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting ipip-user log")?;
-    // Give it time to switch logging on, then send what must be refused.
-    std::thread::sleep(Duration::from_millis(800));
+    wait_drop_log(&ipip, d, false)?;
+    let text_log = start_log(&ipip, d, &["--seconds", "4"])?;
+    let json_log = start_log(&ipip, d, &["--seconds", "4", "--json"])?;
+    wait_drop_log(&ipip, d, true)?;
+    // Both readers hold the records on; give the second one time to register too.
+    std::thread::sleep(Duration::from_millis(300));
     let spoofed = Ipv4Addr::new(10, 9, 9, 9);
     send_ipip(
         &c.ns,
@@ -86,20 +112,72 @@ fn log_describes_each_drop_with_its_addresses() -> Result<()> {
         &icmp_echo(spoofed, d.private, 7, 1, b"spoof"),
         1,
     )?;
-    let out = child
-        .wait_with_output()
-        .context("waiting for ipip-user log")?;
-    ensure!(out.status.success(), "log failed: {}", describe(&out));
-    let text = String::from_utf8_lossy(&out.stderr);
+    let mut texts = Vec::new();
+    for child in [text_log, json_log] {
+        let out = child
+            .wait_with_output()
+            .context("waiting for ipip-user log")?;
+        ensure!(out.status.success(), "log failed: {}", describe(&out));
+        texts.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
     let want = format!(
-        // The default hook on a veth decapsulates at TC ingress.
-        "tc-ingress drop spoofed_inner_source: outer {} -> {}, inner {spoofed} -> {}",
-        c.underlay, d.underlay, d.private
+        // The default hook on a veth decapsulates at TC ingress; the outer source names the peer.
+        "tc-ingress drop spoofed_inner_source: outer {} -> {}, inner {spoofed} -> {} (peer {})",
+        c.underlay, d.underlay, d.private, c.name
     );
-    ensure!(text.contains(&want), "log output lacks {want:?}:\n{text}");
-    // Described and counted.
+    ensure!(
+        texts[0].contains(&want),
+        "log output lacks {want:?}:\n{}",
+        texts[0]
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        texts[1]
+            .lines()
+            .find(|l| l.contains("spoofed_inner_source"))
+            .with_context(|| format!("no JSON record: {}", texts[1]))?,
+    )?;
+    ensure!(
+        record["hook"] == "tc-ingress" && record["inner_src"] == spoofed.to_string(),
+        "{record}"
+    );
+    // Described and counted, and switched off once the last reader is gone.
     let status = ipip.run(&d.ns, &["stats", "--json"])?;
     ensure!(status.contains("\"spoofed_inner_source\": 1"), "{status}");
+    wait_drop_log(&ipip, d, false)?;
+    Ok(())
+}
+
+#[test]
+fn drop_log_goes_off_when_its_last_reader_is_killed() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let d = &t.doolittle;
+    ipip.attach(&d.ns, d.iface, &d.peers)?;
+    let mut first = start_log(&ipip, d, &[])?;
+    wait_drop_log(&ipip, d, true)?;
+    let second = start_log(&ipip, d, &[])?;
+    std::thread::sleep(Duration::from_millis(500));
+    // SIGKILL: no handler runs; the first one's guard notices.
+    first.kill()?;
+    first.wait()?;
+    std::thread::sleep(Duration::from_millis(500));
+    wait_drop_log(&ipip, d, true).context("one reader is still there")?;
+    // SIGTERM, handled: off again at once.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let out = second.wait_with_output()?;
+    ensure!(out.status.success(), "log on SIGTERM: {}", describe(&out));
+    wait_drop_log(&ipip, d, false)?;
+    // And a sole reader killed outright.
+    let mut only = start_log(&ipip, d, &[])?;
+    wait_drop_log(&ipip, d, true)?;
+    only.kill()?;
+    only.wait()?;
+    wait_drop_log(&ipip, d, false)?;
+    ipip.detach(&d.ns, d.iface)?;
     Ok(())
 }
 
