@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::{attach::XdpModeArg, hook::DecapArg};
-
 #[derive(Parser, Debug)]
 #[command(
     name = "ipip-user",
@@ -121,4 +119,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--decap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecapArg {
+    /// Pick per interface: TC ingress on veth and on devices without native XDP, XDP on
+    /// NICs with native XDP and wherever the fast path (--lan) needs it.
+    Auto,
+    /// XDP: best packet rate on NICs with native XDP; needed by the fast path.
+    Xdp,
+    /// TC ingress: sees GRO-merged packets; best for veth and virtual devices.
+    Tc,
+}
+
+/// Which XDP mode to ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    Auto,
+    /// Driver mode only; fail if the driver can't.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
 }

@@ -51,7 +51,7 @@ fn set_flag(dir: &PinDir, on: bool) -> Result<()> {
         // Detached meanwhile: nothing to switch.
         return Ok(());
     }
-    crate::attach::set_tunnel_flags(dir, TUNNEL_FLAG_LOG_DROPS, on)
+    crate::pins::set_tunnel_flags(dir, TUNNEL_FLAG_LOG_DROPS, on)
 }
 
 /// The guard process (see the module doc). Prints `ready` once it holds its share.

@@ -15,10 +15,7 @@
 use anyhow::{Context as _, Result};
 use ipip_common::TUNNEL_FLAG_FWD_USE_PMTU;
 
-use crate::{
-    attach::{is_stale, read_tunnel, set_tunnel_flags},
-    pins::PinDir,
-};
+use crate::pins::{is_stale, read_tunnel, set_tunnel_flags, PinDir};
 
 const SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward_use_pmtu";
 

@@ -7,19 +7,7 @@
 //! virtio_net turns the host's receive offloads off. Generic XDP always loses to TC ingress:
 //! it linearises every GRO-merged packet and runs after GRO, so nothing merges the inner ones.
 
-use crate::netif::Link;
-
-/// `--decap`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DecapArg {
-    /// Pick per interface: TC ingress on veth and on devices without native XDP, XDP on
-    /// NICs with native XDP and wherever the fast path (--lan) needs it.
-    Auto,
-    /// XDP: best packet rate on NICs with native XDP; needed by the fast path.
-    Xdp,
-    /// TC ingress: sees GRO-merged packets; best for veth and virtual devices.
-    Tc,
-}
+use crate::{cli::DecapArg, netif::Link};
 
 /// Where decapsulation will run, before attach tries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

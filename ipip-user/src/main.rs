@@ -209,6 +209,12 @@ async fn dispatch(cmd: Command) -> Result<()> {
             if json {
                 return print_json(&d);
             }
+            if d.interrupted_detach_finished {
+                println!(
+                    "{}: the pins an interrupted detach was removing are gone now",
+                    d.interface
+                );
+            }
             if d.interrupted_attach_removed {
                 println!(
                     "{}: what an interrupted attach had left is removed",

@@ -16,17 +16,17 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray};
 use ipip_common::{
-    PeerConfig, PeerCounters, PeerName, PeerPmtu, MAP_CONFIG, MAP_PEERS, MAP_PEER_BY_REMOTE,
-    MAP_PEER_NAMES, MAP_PEER_PMTU, MAP_PEER_STATS, MAP_ROUTES,
+    PeerConfig, PeerCounters, PeerName, PeerPmtu, MAP_PEERS, MAP_PEER_BY_REMOTE, MAP_PEER_NAMES,
+    MAP_PEER_PMTU, MAP_PEER_STATS, MAP_ROUTES,
 };
 use ipnet::Ipv4Net;
 
 use crate::{
-    attach::{next_hop, read_tunnel},
+    attach::next_hop,
     config::PeersFile,
     lock,
     netif::{route_prefix, Netlink},
-    pins::PinDir,
+    pins::{read_tunnel, write_tunnel, PinDir},
     plan::{peer_name, peer_name_str, Plan, Underlay},
 };
 
@@ -60,6 +60,7 @@ pub fn assign_slots(old: &HashMap<String, u32>, new: &[String], capacity: u32) -
 }
 
 pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
+    crate::attach::step("reload", "prepare");
     let dir = PinDir::for_interface(interface)?;
     let _lock = lock::lock(&dir)?;
     if !dir.exists() {
@@ -98,7 +99,7 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
     if address.map(Some) != attached_address {
         needs_attach("[tunnel] address")?;
     }
-    let lans = crate::status::lan_links(&dir);
+    let lans = crate::pins::lan_links(&dir);
     if let Some(l) = file.tunnel.lan.iter().find(|l| !lans.contains(l)) {
         needs_attach(&format!("[tunnel] lan ({l} is not attached)"))?;
     }
@@ -178,6 +179,7 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
         interface: interface.to_string(),
         ..Default::default()
     };
+    crate::attach::step("reload", "peers");
     // 1. Peers: new and changed ones written (a new remote looked up before the old one goes).
     let mut old_remotes_to_drop = Vec::new();
     for p in &plan.peers {
@@ -208,6 +210,7 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
         write_tunnel(&dir, &tunnel)?;
     }
 
+    crate::attach::step("reload", "new routes");
     // 2. New and moved routes: the map entry, then the kernel route.
     let src = address.map(|a| a.addr());
     let moved_remotes: HashSet<u32> = plan
@@ -257,6 +260,7 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
         }
     }
 
+    crate::attach::step("reload", "removed routes");
     // 3. Removed routes: the kernel route, then the map entry.
     let gone: HashSet<Ipv4Net> = old_routes
         .keys()
@@ -276,6 +280,7 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
         }
     }
 
+    crate::attach::step("reload", "removed peers");
     // 4. Removed peers, and remotes no peer has any more.
     let kept: HashSet<&str> = plan.peers.iter().map(|p| p.name.as_str()).collect();
     let live_remotes: HashSet<[u8; 4]> = plan.peers.iter().map(|p| p.config.remote).collect();
@@ -298,14 +303,6 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
     done.peers_removed.sort();
     done.peers_changed.sort();
     Ok(done)
-}
-
-fn write_tunnel(dir: &PinDir, tunnel: &ipip_common::TunnelConfig) -> Result<()> {
-    let data = MapData::from_pin(dir.map(MAP_CONFIG))?;
-    let mut map: Array<MapData, ipip_common::TunnelConfig> =
-        Array::try_from(aya::maps::Map::Array(data))?;
-    map.set(0, *tunnel, 0)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use ipip_common::{
     MAP_PEER_NAMES, MAP_PEER_PMTU, MAP_PEER_STATS, MAP_REASONS,
 };
 
-use crate::{attach::read_tunnel, pins::PinDir, plan::peer_name_str};
+use crate::{
+    pins::{read_tunnel, PinDir},
+    plan::peer_name_str,
+};
 
 #[derive(Debug, serde::Serialize)]
 pub struct Snapshot {

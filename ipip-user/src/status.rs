@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use crate::{
-    attach::{
-        is_stale, read_tunnel, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP, LINK_XDP_LAN_PREFIX,
-    },
     netif::Netlink,
-    pins::PinDir,
+    pins::{
+        is_stale, lan_links, programs, read_tunnel, PinDir, Program, LINK_TC_EGRESS,
+        LINK_TC_INGRESS, LINK_XDP,
+    },
 };
 
 #[derive(Debug, serde::Serialize)]
@@ -32,33 +32,6 @@ pub struct Status {
     pub drop_log: bool,
     /// The pinned programs, as the kernel reports them.
     pub programs: Vec<Program>,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Program {
-    pub name: String,
-    pub id: u32,
-    /// Instructions the verifier walked when loading it (kernel 5.16+).
-    pub verified_insns: Option<u32>,
-}
-
-/// Every program pinned in `dir`, sorted by name.
-pub fn programs(dir: &PinDir) -> Vec<Program> {
-    let mut out: Vec<Program> = std::fs::read_dir(dir.path.join("progs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let info = aya::programs::ProgramInfo::from_pin(e.path()).ok()?;
-            Some(Program {
-                name: e.file_name().to_string_lossy().into_owned(),
-                id: info.id(),
-                verified_insns: info.verified_instruction_count(),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
 }
 
 /// Why this process can't see attachments at all, if it can't: bpffs hidden (`ip netns
@@ -157,29 +130,12 @@ pub async fn collect() -> Result<Vec<Status>> {
             routes_installed: routes,
             decap,
             lans: lan_links(&dir),
-            drop_log: crate::attach::read_tunnel(&dir)
+            drop_log: read_tunnel(&dir)
                 .is_ok_and(|t| t.flags & ipip_common::TUNNEL_FLAG_LOG_DROPS != 0),
             programs: programs(&dir),
         });
     }
     Ok(out)
-}
-
-/// The LAN interfaces with the fast path (from the link pins).
-pub fn lan_links(dir: &PinDir) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir.path.join("links"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix(LINK_XDP_LAN_PREFIX))
-                .map(str::to_string)
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 pub fn render(all: &[Status]) -> String {

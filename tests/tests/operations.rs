@@ -374,17 +374,99 @@ fn count_calls(ns: &ipip_tests::Netns, syscalls: &str, args: &[&str]) -> Result<
     Ok(text.lines().filter(|l| !l.contains("resumed>")).count())
 }
 
-/// SIGKILL of attach at bpf() and netlink calls along the whole attach: whatever point it
-/// dies at, what is left is either nothing or something the next attach cleans up and
-/// replaces; that attach carries traffic, and detach then leaves nothing (no pins, no
-/// staging folder, no route, no address).
-#[test]
-fn attach_killed_anywhere_leaves_nothing_the_next_commands_cannot_clean() -> Result<()> {
-    require_root()?;
-    let t = HostToHost::new(Underlay::Direct)?;
-    let ipip = IpipUser::new()?;
-    let (d, c) = (&t.doolittle, &t.calculon);
-    // attach must add the tunnel address itself, so that a leaked address would show.
+/// The system calls a kill test stops a command at, by class: every bpf() (maps, programs,
+/// links, pins), every netlink request, and every change to the pin folders.
+const KILL_CLASSES: [(&str, &str); 3] = [
+    ("bpf", "bpf"),
+    ("sendto,sendmsg", "netlink send"),
+    ("mkdir,rename,unlink,unlinkat,rmdir", "pin folder change"),
+];
+
+/// Kills `cmd` (run in `ns`) with SIGKILL at every call of every [`KILL_CLASSES`] class, one
+/// run per call: `setup` makes the state the command starts from, `recover` runs what an
+/// operator would run next, checks the result and leaves a clean state. Returns the
+/// lifecycle steps (`attach: install`, ...) the kills landed in, as the killed command
+/// announced them.
+fn kill_at_every_call(
+    ns: &ipip_tests::Netns,
+    cmd: &[&str],
+    mut setup: impl FnMut() -> Result<()>,
+    mut recover: impl FnMut(&str) -> Result<()>,
+) -> Result<std::collections::BTreeSet<String>> {
+    let mut steps = std::collections::BTreeSet::new();
+    for (syscalls, class) in KILL_CLASSES {
+        setup()?;
+        let total = count_calls(ns, &format!("trace={syscalls}"), cmd)?;
+        recover(&format!("after a clean run ({total} {class} calls)"))?;
+        ensure!(total > 0, "no {class} calls in {cmd:?}?");
+        for n in 1..=total {
+            setup()?;
+            let inject = format!("inject={syscalls}:signal=KILL:when={n}");
+            let mut line = vec![
+                "env",
+                "RUST_LOG=ipip_user::step=debug",
+                "strace",
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                &inject,
+            ];
+            line.extend_from_slice(cmd);
+            let out = ns.output(&line)?;
+            let step = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .find_map(|l| {
+                    l.split_once("ipip_user::step] ")
+                        .map(|(_, s)| s.to_string())
+                })
+                .unwrap_or_else(|| "before any step".into());
+            let what = format!(
+                "{} killed at {class} call {n} of {total} (in {step})",
+                cmd[1]
+            );
+            steps.insert(step);
+            recover(&what)?;
+        }
+    }
+    Ok(steps)
+}
+
+/// What a detach must leave in doolittle's namespace: no pins, no ipip route, no tunnel
+/// address (attach added it), no TC or XDP program on the interface.
+fn nothing_left(d: &Node, what: &str) -> Result<()> {
+    let pins = d.ns.pin_dir();
+    let left: Vec<_> = std::fs::read_dir(&pins)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    ensure!(left.is_empty(), "{what}: pins left: {left:?}");
+    let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+    ensure!(routes.trim().is_empty(), "{what}: routes left: {routes}");
+    let addrs = d.ns.exec(&["ip", "-4", "-o", "addr", "show"])?;
+    ensure!(
+        !addrs.contains(&d.private.to_string()),
+        "{what}: the tunnel address outlived detach: {addrs}"
+    );
+    for dir in ["ingress", "egress"] {
+        let tc = d.ns.exec(&["tc", "filter", "show", "dev", d.iface, dir])?;
+        ensure!(
+            tc.trim().is_empty(),
+            "{what}: a TC {dir} program remains: {tc}"
+        );
+    }
+    let link = d.ns.exec(&["ip", "link", "show", d.iface])?;
+    ensure!(
+        !link.contains("xdp"),
+        "{what}: an XDP program remains: {link}"
+    );
+    Ok(())
+}
+
+/// Removes doolittle's own address from lo, so that attach must add it itself and a leaked
+/// tunnel address would show.
+fn attach_adds_the_address(d: &Node) -> Result<()> {
     d.ns.exec(&[
         "ip",
         "addr",
@@ -393,44 +475,29 @@ fn attach_killed_anywhere_leaves_nothing_the_next_commands_cannot_clean() -> Res
         "dev",
         "lo",
     ])?;
+    Ok(())
+}
+
+/// SIGKILL of attach at every bpf(), netlink and pin-folder call: whatever point it dies at,
+/// what is left is either nothing or something the next attach cleans up and replaces; that
+/// attach carries traffic, and detach then leaves nothing (no pins, no staging folder, no
+/// route, no address, no program).
+#[test]
+fn attach_killed_anywhere_leaves_nothing_the_next_commands_cannot_clean() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    attach_adds_the_address(d)?;
     ipip.attach(&c.ns, c.iface, &c.peers)?;
     let bin = ipip.path().to_string_lossy().into_owned();
     let peers = d.peers.to_string_lossy().into_owned();
     let attach = [bin.as_str(), "attach", d.iface, "--peers", &peers];
-    let nothing_left = |what: &str| -> Result<()> {
-        let pins = d.ns.pin_dir();
-        let left: Vec<_> = std::fs::read_dir(&pins)
-            .map(|r| r.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        ensure!(left.is_empty(), "{what}: pins left: {left:?}");
-        let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
-        ensure!(routes.trim().is_empty(), "{what}: routes left: {routes}");
-        let addrs = d.ns.exec(&["ip", "-4", "-o", "addr", "show"])?;
-        ensure!(
-            !addrs.contains(&d.private.to_string()),
-            "{what}: the tunnel address outlived detach: {addrs}"
-        );
-        Ok(())
-    };
-    for (syscalls, class) in [
-        ("trace=bpf", "bpf"),
-        ("trace=sendto,sendmsg", "netlink send"),
-    ] {
-        let total = count_calls(&d.ns, syscalls, &attach)?;
-        ipip.detach(&d.ns, d.iface)?;
-        nothing_left("after a clean attach and detach")?;
-        ensure!(total > 3, "only {total} {class} calls in an attach?");
-        // Every point for the short list; a spread (first, last and in between) otherwise.
-        let step = (total / 24).max(1);
-        let mut points: Vec<usize> = (1..=total).step_by(step).collect();
-        points.extend([total.saturating_sub(1), total]);
-        points.dedup();
-        for n in points {
-            let what = format!("attach killed at {class} call {n} of {total}");
-            let inject = format!("inject={}:signal=KILL:when={n}", &syscalls[6..]);
-            let mut line = vec!["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject];
-            line.extend_from_slice(&attach);
-            let _ = d.ns.output(&line)?;
+    let steps = kill_at_every_call(
+        &d.ns,
+        &attach,
+        || Ok(()),
+        |what| {
             // Whatever it left: the next attach finishes the job (cleaning first) or says
             // it is attached already, and the tunnel works.
             let out = ipip.output(&d.ns, &attach[1..])?;
@@ -445,10 +512,52 @@ fn attach_killed_anywhere_leaves_nothing_the_next_commands_cannot_clean() -> Res
             );
             let status = ipip.run(&d.ns, &["status"])?;
             ensure!(status.contains(": ok "), "{what}: status says {status}");
-            ipip.detach(&d.ns, d.iface).with_context(|| what.clone())?;
-            nothing_left(&what)?;
-        }
+            ipip.detach(&d.ns, d.iface)
+                .with_context(|| what.to_string())?;
+            nothing_left(d, what)
+        },
+    )?;
+    for step in ["attach: install", "attach: network", "attach: record"] {
+        ensure!(steps.contains(step), "no kill landed in {step}: {steps:?}");
     }
+    Ok(())
+}
+
+/// SIGKILL of detach at every bpf(), netlink and pin-folder call: the next detach finishes
+/// the job (or says nothing is attached when the killed one got that far), and nothing is
+/// left; attach then works again.
+#[test]
+fn detach_killed_anywhere_is_finished_by_the_next_detach() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    attach_adds_the_address(d)?;
+    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    let bin = ipip.path().to_string_lossy().into_owned();
+    let detach = [bin.as_str(), "detach", d.iface];
+    let steps = kill_at_every_call(
+        &d.ns,
+        &detach,
+        || ipip.attach(&d.ns, d.iface, &d.peers).map(|_| ()),
+        |what| {
+            let out = ipip.output(&d.ns, &["detach", d.iface])?;
+            let text = describe(&out);
+            ensure!(
+                out.status.success() || text.contains("is not attached"),
+                "{what}: the next detach failed: {text}"
+            );
+            nothing_left(d, what)
+        },
+    )?;
+    for step in ["teardown: routes", "teardown: pins"] {
+        ensure!(steps.contains(step), "no kill landed in {step}: {steps:?}");
+    }
+    ipip.attach(&d.ns, d.iface, &d.peers)?;
+    ensure!(
+        ping_ok(&d.ns, d.private, c.private, 1)?,
+        "attach after the kills"
+    );
     Ok(())
 }
 
@@ -652,7 +761,7 @@ fn status_says_why_it_cannot_see() -> Result<()> {
     Ok(())
 }
 
-/// SIGKILL of reload at a spread of its bpf() and netlink calls: the same reload run again
+/// SIGKILL of reload at every bpf(), netlink and pin-folder call: the same reload run again
 /// completes the change (every route of the new file in the kernel, none of the old file's
 /// extra ones), traffic flows, and detach leaves nothing.
 #[test]
@@ -661,6 +770,7 @@ fn reload_killed_anywhere_is_completed_by_the_next_reload() -> Result<()> {
     let t = HostToHost::new(Underlay::Direct)?;
     let ipip = IpipUser::new()?;
     let (d, c) = (&t.doolittle, &t.calculon);
+    attach_adds_the_address(d)?;
     ipip.attach(&c.ns, c.iface, &c.peers)?;
     let bin = ipip.path().to_string_lossy().into_owned();
     // From A (two extra routes, no bender) to B (two other extra routes, bender).
@@ -674,50 +784,39 @@ fn reload_killed_anywhere_is_completed_by_the_next_reload() -> Result<()> {
     )?;
     let want_b = ["10.22.0.0/24", "10.23.0.0/24", "10.0.3.0/24", "10.0.4.0/24"];
     let gone_b = ["10.20.0.0/24", "10.21.0.0/24"];
-    let check_b = |what: &str| -> Result<()> {
-        let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
-        for r in want_b.iter().chain([&c.prefix.as_str()]) {
-            ensure!(routes.contains(r), "{what}: {r} missing: {routes}");
-        }
-        for r in gone_b {
-            ensure!(!routes.contains(r), "{what}: {r} still there: {routes}");
-        }
-        ensure!(
-            ping_ok(&d.ns, d.private, c.private, 1)?,
-            "{what}: no traffic"
-        );
-        Ok(())
-    };
     let reload_b = [bin.as_str(), "reload", d.iface, "--peers", &b];
-    for (syscalls, class) in [
-        ("trace=bpf", "bpf"),
-        ("trace=sendto,sendmsg", "netlink send"),
-    ] {
-        ipip.run(&d.ns, &["attach", d.iface, "--peers", &a])?;
-        let total = count_calls(&d.ns, syscalls, &reload_b)?;
-        check_b("after a clean reload")?;
-        ipip.detach(&d.ns, d.iface)?;
-        let step = (total / 16).max(1);
-        let mut points: Vec<usize> = (1..=total).step_by(step).collect();
-        points.push(total);
-        points.dedup();
-        for n in points {
-            let what = format!("reload killed at {class} call {n} of {total}");
-            ipip.run(&d.ns, &["attach", d.iface, "--peers", &a])?;
-            let inject = format!("inject={}:signal=KILL:when={n}", &syscalls[6..]);
-            let mut line = vec!["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject];
-            line.extend_from_slice(&reload_b);
-            let _ = d.ns.output(&line)?;
+    let steps = kill_at_every_call(
+        &d.ns,
+        &reload_b,
+        || {
+            ipip.run(&d.ns, &["attach", d.iface, "--peers", &a])
+                .map(|_| ())
+        },
+        |what| {
             ipip.run(&d.ns, &reload_b[1..])
                 .with_context(|| format!("{what}: the next reload"))?;
-            check_b(&what)?;
-            ipip.detach(&d.ns, d.iface).with_context(|| what.clone())?;
             let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+            for r in want_b.iter().chain([&c.prefix.as_str()]) {
+                ensure!(routes.contains(r), "{what}: {r} missing: {routes}");
+            }
+            for r in gone_b {
+                ensure!(!routes.contains(r), "{what}: {r} still there: {routes}");
+            }
             ensure!(
-                routes.trim().is_empty(),
-                "{what}: routes left after detach: {routes}"
+                ping_ok(&d.ns, d.private, c.private, 1)?,
+                "{what}: no traffic"
             );
-        }
+            ipip.detach(&d.ns, d.iface)
+                .with_context(|| what.to_string())?;
+            nothing_left(d, what)
+        },
+    )?;
+    for step in [
+        "reload: peers",
+        "reload: new routes",
+        "reload: removed routes",
+    ] {
+        ensure!(steps.contains(step), "no kill landed in {step}: {steps:?}");
     }
     Ok(())
 }

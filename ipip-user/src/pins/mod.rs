@@ -2,6 +2,13 @@
 //! bpffs is shared by every network namespace on the machine, so the namespace is part of the
 //! path: two namespaces may each have an `eth0` attached at once.
 
+mod record;
+
+pub use record::{
+    is_stale, lan_links, programs, read_routes, read_tunnel, set_tunnel_flags, write_tunnel,
+    Program, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP, LINK_XDP_LAN_PREFIX,
+};
+
 use std::{
     io,
     os::unix::fs::MetadataExt as _,
@@ -153,6 +160,8 @@ pub fn is_bpffs(path: &Path) -> bool {
 /// Staging folders are named this plus the interface: longer than any interface name (15
 /// bytes at most) and dot-free, as bpffs refuses dots in names.
 pub const STAGING_PREFIX: &str = "partial-attach-of-";
+/// Where pins go to be removed (see [`PinDir::remove`]); same naming rules.
+pub const REMOVAL_PREFIX: &str = "partial-detach-of-";
 
 /// The pin folder of one attachment.
 #[derive(Clone, Debug)]
@@ -188,6 +197,27 @@ impl PinDir {
         }
     }
 
+    /// Where this attachment's pins are moved to be removed.
+    fn removal(&self) -> PinDir {
+        PinDir {
+            path: self
+                .path
+                .with_file_name(format!("{REMOVAL_PREFIX}{}", self.interface)),
+            interface: self.interface.clone(),
+            netns: self.netns,
+        }
+    }
+
+    /// Finishes a removal that a killed command left half done; true if there was one.
+    pub fn finish_removal(&self) -> io::Result<bool> {
+        let removal = self.removal();
+        if !removal.exists() {
+            return Ok(false);
+        }
+        removal.remove_contents()?;
+        Ok(true)
+    }
+
     /// Makes `staging` this attachment (one rename: it is there whole or not at all).
     pub fn commit(&self, staging: &PinDir) -> io::Result<()> {
         std::fs::rename(&staging.path, &self.path)
@@ -203,7 +233,7 @@ impl PinDir {
                 if let Some(name) = e
                     .file_name()
                     .to_str()
-                    .filter(|n| !n.starts_with(STAGING_PREFIX))
+                    .filter(|n| !n.starts_with(STAGING_PREFIX) && !n.starts_with(REMOVAL_PREFIX))
                 {
                     out.push(Self {
                         path: e.path(),
@@ -247,9 +277,24 @@ impl PinDir {
         Ok(())
     }
 
-    /// Removes every pin (links first: removing a link's last reference detaches it), then
-    /// the folders, then the namespace folder if it is left empty.
+    /// Removes every pin. The folder is first moved aside under a removal name in one
+    /// rename, so that a kill while the pins go never leaves half an attachment (say, links
+    /// without the config map that says what to undo): only a folder that is plainly being
+    /// removed, which the next attach or detach finishes ([`PinDir::finish_removal`]). Callers
+    /// remove routes and addresses before, while the record of them is still readable.
     pub fn remove(&self) -> io::Result<()> {
+        self.finish_removal()?;
+        let removal = self.removal();
+        match std::fs::rename(&self.path, &removal.path) {
+            Ok(()) => removal.remove_contents(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the pins (links first: removing a link's last reference detaches it), the
+    /// folders, and the namespace folder if it is left empty.
+    fn remove_contents(&self) -> io::Result<()> {
         for sub in ["links", "progs", "maps"] {
             let dir = self.path.join(sub);
             if let Ok(entries) = std::fs::read_dir(&dir) {
