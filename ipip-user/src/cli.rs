@@ -21,6 +21,7 @@ path stays, pinned under /sys/fs/bpf/ipip/. Wire-compatible with Linux's `ip tun
   ipip-user log eth0                           print each dropped packet as it happens
   ipip-user reload eth0 --peers peers.toml     apply a changed file, losing nothing
   ipip-user detach eth0                        remove exactly what attach made
+  ipip-user prune                              remove pins of deleted namespaces
   ipip-user --netns calculon stats             run inside network namespace calculon
 
 Diagnostics: RUST_LOG=debug ipip-user ..."
@@ -108,6 +109,12 @@ pub enum Command {
     /// last `log` ends, even one killed by a signal.
     #[command(name = "__log-guard", hide = true)]
     LogGuard { interface: String },
+    /// Remove the pins that deleted network namespaces left (attached, then `ip netns del`
+    /// without detach); `status` lists them as orphaned.
+    Prune {
+        #[arg(long)]
+        json: bool,
+    },
     /// What is attached in this network namespace.
     Status {
         #[arg(long)]

@@ -277,6 +277,20 @@ async fn dispatch(cmd: Command) -> Result<()> {
             .await
         }
         Command::LogGuard { interface } => ipip_user::droplog::guard(&interface),
+        Command::Prune { json } => {
+            require_admin("prune")?;
+            let pruned = ipip_user::pins::prune()?;
+            if json {
+                return print_json(&pruned);
+            }
+            if pruned.is_empty() {
+                println!("nothing to prune: every pin folder belongs to a live network namespace");
+            }
+            for p in &pruned {
+                println!("removed {p} (its network namespace is gone)");
+            }
+            Ok(())
+        }
         Command::Status { json } => {
             let all = status::collect().await?;
             if json {

@@ -1,14 +1,17 @@
 //! What is attached in this namespace, and whether it is intact.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::Ipv4Addr};
 
 use anyhow::Result;
 
+use ipip_common::TUNNEL_FLAG_LOG_DROPS;
+
 use crate::{
-    netif::Netlink,
+    netif::{route_prefix, Netlink},
     pins::{
-        is_stale, lan_links, programs, read_tunnel, PinDir, Program, LINK_TC_EGRESS,
-        LINK_TC_INGRESS, LINK_XDP,
+        is_stale, lan_links, link_ifindex, orphaned, peers_in_use, placement, programs,
+        read_routes, read_tunnel, PinDir, Placement, Program, LINK_TC_EGRESS, LINK_TC_INGRESS,
+        LINK_XDP,
     },
 };
 
@@ -18,11 +21,15 @@ pub struct Status {
     pub netns: u64,
     pub pin_dir: String,
     pub ifindex: u32,
-    /// `ok`, or what is wrong.
+    /// One word: ok, incomplete, stale, renamed, moved, gone, orphaned.
+    pub health: &'static str,
+    /// `ok`, or what is wrong and the command that repairs it.
     pub state: String,
     pub local: String,
     pub address: Option<String>,
+    /// Peers configured now.
     pub peers: u32,
+    /// Routes of this attachment in the kernel now.
     pub routes_installed: usize,
     /// `xdp` or `tc`: where decapsulation runs.
     pub decap: &'static str,
@@ -58,84 +65,98 @@ pub async fn collect() -> Result<Vec<Status>> {
     let nl = Netlink::open()?;
     let mut out = Vec::new();
     for dir in PinDir::list()? {
-        // TC ingress is always linked (it reassembles fragments); XDP only with `--decap xdp`.
-        let decap_link = dir.link(LINK_TC_INGRESS).exists();
-        let encap_link = dir.link(LINK_TC_EGRESS).exists();
-        let decap = if dir.link(LINK_XDP).exists() {
+        out.push(one(&nl, &dir).await?);
+    }
+    for dir in orphaned()? {
+        let mut s = blank(&dir);
+        s.health = "orphaned";
+        s.state = format!(
+            "orphaned: network namespace {} is gone (deleted without detach), and its interface, routes and address with it; `ipip-user prune` removes these pins",
+            dir.netns
+        );
+        s.programs = programs(&dir);
+        out.push(s);
+    }
+    Ok(out)
+}
+
+fn blank(dir: &PinDir) -> Status {
+    Status {
+        interface: dir.interface.clone(),
+        netns: dir.netns,
+        pin_dir: dir.path.display().to_string(),
+        ifindex: 0,
+        health: "incomplete",
+        state: String::new(),
+        local: String::new(),
+        address: None,
+        peers: 0,
+        routes_installed: 0,
+        decap: if dir.link(LINK_XDP).exists() {
             "xdp"
         } else {
             "tc"
-        };
-        let (state, ifindex, local, address, peers, routes) = match read_tunnel(&dir) {
-            Err(e) => (
-                format!(
-                    "incomplete: {e:#}; run `ipip-user detach {}`",
-                    dir.interface
-                ),
-                0,
-                String::new(),
-                None,
-                0,
-                0,
-            ),
-            Ok(t) if is_stale(&dir) => (
-                format!(
-                    "stale: left by a deleted network namespace; `ipip-user detach {}` removes it",
-                    dir.interface
-                ),
-                t.ifindex,
-                std::net::Ipv4Addr::from(t.local).to_string(),
-                None,
-                t.peer_count,
-                0,
-            ),
-            Ok(t) => {
-                let link = nl.link_by_index(t.ifindex).await?;
-                let state = match link {
-                    Some(l) if l.name == dir.interface && decap_link && encap_link => {
-                        "ok".to_string()
-                    }
-                    Some(l) if l.name == dir.interface => {
-                        "programs missing: run `ipip-user detach` and attach again".to_string()
-                    }
-                    _ => format!("interface gone: run `ipip-user detach {}`", dir.interface),
-                };
-                let address = (t.address != [0; 4]).then(|| {
-                    format!(
-                        "{}/{}",
-                        std::net::Ipv4Addr::from(t.address),
-                        t.address_prefix_len
-                    )
-                });
-                let routes = nl.our_routes(t.ifindex).await?.len();
-                (
-                    state,
-                    t.ifindex,
-                    std::net::Ipv4Addr::from(t.local).to_string(),
-                    address,
-                    t.peer_count,
-                    routes,
-                )
-            }
-        };
-        out.push(Status {
-            interface: dir.interface.clone(),
-            netns: dir.netns,
-            pin_dir: dir.path.display().to_string(),
-            ifindex,
-            state,
-            local,
-            address,
-            peers,
-            routes_installed: routes,
-            decap,
-            lans: lan_links(&dir),
-            drop_log: read_tunnel(&dir)
-                .is_ok_and(|t| t.flags & ipip_common::TUNNEL_FLAG_LOG_DROPS != 0),
-            programs: programs(&dir),
-        });
+        },
+        lans: lan_links(dir),
+        drop_log: false,
+        programs: Vec::new(),
     }
-    Ok(out)
+}
+
+async fn one(nl: &Netlink, dir: &PinDir) -> Result<Status> {
+    let mut s = blank(dir);
+    s.programs = programs(dir);
+    let iface = &dir.interface;
+    let t = match read_tunnel(dir) {
+        Ok(t) => t,
+        Err(e) => {
+            s.state = format!("incomplete: {e:#}; run `ipip-user detach {iface}`");
+            return Ok(s);
+        }
+    };
+    s.ifindex = t.ifindex;
+    s.local = Ipv4Addr::from(t.local).to_string();
+    s.address = (t.address != [0; 4])
+        .then(|| format!("{}/{}", Ipv4Addr::from(t.address), t.address_prefix_len));
+    s.drop_log = t.flags & TUNNEL_FLAG_LOG_DROPS != 0;
+    s.peers = peers_in_use(dir, t.peer_count).unwrap_or(t.peer_count);
+    if is_stale(dir) {
+        s.health = "stale";
+        s.state = format!("stale: left by a deleted network namespace whose inode this one reuses; `ipip-user detach {iface}` removes it");
+        return Ok(s);
+    }
+    // Only the routes this attachment recorded as its own.
+    let ours = read_routes(dir).unwrap_or_default();
+    s.routes_installed = nl
+        .our_routes(t.ifindex)
+        .await?
+        .iter()
+        .filter(|r| route_prefix(r).is_some_and(|p| ours.contains(&p)))
+        .count();
+    let name_here = nl.link_by_index(t.ifindex).await?.map(|l| l.name);
+    let linked = link_ifindex(&dir.link(LINK_TC_INGRESS));
+    (s.health, s.state) = match placement(iface, t.ifindex, linked, name_here.as_deref()) {
+        Placement::Here if dir.link(LINK_TC_INGRESS).exists() && dir.link(LINK_TC_EGRESS).exists() => {
+            ("ok", "ok".to_string())
+        }
+        Placement::Here => (
+            "incomplete",
+            format!("programs missing: run `ipip-user detach {iface}` and attach again"),
+        ),
+        Placement::Renamed(now) => (
+            "renamed",
+            format!("renamed: {iface} (ifindex {}) is now called {now} and still runs this attachment; `ipip-user detach {iface}` removes it, then attach {now}", t.ifindex),
+        ),
+        Placement::Moved => (
+            "moved",
+            format!("moved: {iface} left this network namespace with the programs still on it (see `ip -all netns exec ip link`); `ipip-user detach {iface}` here removes them"),
+        ),
+        Placement::Gone => (
+            "gone",
+            format!("interface gone: {iface} was deleted, and its routes and address with it; `ipip-user detach {iface}` removes the pins"),
+        ),
+    };
+    Ok(s)
 }
 
 pub fn render(all: &[Status]) -> String {

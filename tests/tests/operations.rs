@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use ipip_tests::ipip::describe;
 use ipip_tests::packet::{icmp_echo, send_ipip};
+use ipip_tests::query::{tcx_prog_count, BPF_TCX_EGRESS, BPF_TCX_INGRESS};
 use ipip_tests::traffic::{ping_ok, tcp_transfer};
 use ipip_tests::{require_root, HostToHost, IpipUser, Node, Underlay};
 
@@ -54,9 +55,8 @@ fn tc_ingress_decap_carries_icmp_and_tcp_both_ways() -> Result<()> {
     ensure!(rx > 0, "calculon counted no decapsulated packets");
     ipip.detach(&d.ns, d.iface)?;
     ipip.detach(&c.ns, c.iface)?;
-    let tc =
-        d.ns.exec(&["tc", "filter", "show", "dev", "eth0", "ingress"])?;
-    ensure!(tc.trim().is_empty(), "a TC ingress filter remains: {tc}");
+    let n = tcx_prog_count(&d.ns, d.iface, BPF_TCX_INGRESS)?;
+    ensure!(n == 0, "{n} TC ingress programs remain");
     ensure!(!d.ns.pin_dir().exists(), "pins remain after detach");
     Ok(())
 }
@@ -449,12 +449,9 @@ fn nothing_left(d: &Node, what: &str) -> Result<()> {
         !addrs.contains(&d.private.to_string()),
         "{what}: the tunnel address outlived detach: {addrs}"
     );
-    for dir in ["ingress", "egress"] {
-        let tc = d.ns.exec(&["tc", "filter", "show", "dev", d.iface, dir])?;
-        ensure!(
-            tc.trim().is_empty(),
-            "{what}: a TC {dir} program remains: {tc}"
-        );
+    for (hook, name) in [(BPF_TCX_INGRESS, "ingress"), (BPF_TCX_EGRESS, "egress")] {
+        let n = tcx_prog_count(&d.ns, d.iface, hook)?;
+        ensure!(n == 0, "{what}: {n} TC {name} programs remain");
     }
     let link = d.ns.exec(&["ip", "link", "show", d.iface])?;
     ensure!(

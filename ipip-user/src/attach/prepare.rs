@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use ipip_common::TUNNEL_FLAG_FAST_PATH;
+use ipip_common::{PROG_TC_INGRESS, TUNNEL_FLAG_FAST_PATH};
 
 use super::{ip_forwarding, teardown::clean, AttachRequest, XdpModeArg};
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
     config::PeersFile,
     hook::{self, Choice},
     netif::{self, Link, Netlink},
-    pins::{is_stale, netns_cookie, PinDir},
+    pins::{is_stale, netns_cookie, read_tunnel, PinDir},
     plan::{Plan, Underlay},
 };
 
@@ -108,6 +108,7 @@ pub(super) async fn prepare(nl: &Netlink, req: &AttachRequest<'_>) -> Result<Pre
             dir.path.display()
         );
     }
+    refuse_foreign_programs(&link)?;
     let addrs = nl.ipv4_addresses().await?;
     let local = match file.tunnel.local {
         Some(l) => {
@@ -219,4 +220,36 @@ fn mtu_expires_s() -> u64 {
             crate::plan::DEFAULT_MTU_EXPIRES_S
         }
     }
+}
+
+/// Refuses an interface that already runs ipip's programs without an attachment of that name
+/// here: renamed since its attachment (which still has the old name), or moved in from
+/// another network namespace with its programs. A second set would process every packet twice.
+fn refuse_foreign_programs(link: &Link) -> Result<()> {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
+    let iface = &link.name;
+    for other in PinDir::list()? {
+        if read_tunnel(&other).is_ok_and(|t| t.ifindex == link.index) && other.interface != *iface {
+            bail!(
+                "{iface} already runs ipip: it was attached as {old} and renamed since; run `ipip-user detach {old}` first, then attach {iface}",
+                old = other.interface
+            );
+        }
+    }
+    let ours = SchedClassifier::query_tcx(iface, TcAttachType::Ingress)
+        .map(|(_, progs)| {
+            progs
+                .into_iter()
+                .filter(|p| p.name_as_str() == Some(PROG_TC_INGRESS))
+                .map(|p| p.id().to_string())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if !ours.is_empty() {
+        bail!(
+            "{iface} already runs ipip's programs (TC ingress program id {}) that no attachment in this network namespace owns: it was attached in another namespace and moved here. Run `ipip-user detach {iface}` in the namespace it came from (its `ipip-user status` says \"moved\"), or, if that namespace is gone, `ipip-user prune`",
+            ours.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -2,11 +2,15 @@
 //! bpffs is shared by every network namespace on the machine, so the namespace is part of the
 //! path: two namespaces may each have an `eth0` attached at once.
 
+mod orphans;
 mod record;
 
+pub use orphans::{orphaned, prune};
+
 pub use record::{
-    is_stale, lan_links, programs, read_routes, read_tunnel, set_tunnel_flags, write_tunnel,
-    Program, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP, LINK_XDP_LAN_PREFIX,
+    is_stale, lan_links, link_ifindex, peers_in_use, placement, programs, read_routes, read_tunnel,
+    set_tunnel_flags, write_tunnel, Placement, Program, LINK_TC_EGRESS, LINK_TC_INGRESS, LINK_XDP,
+    LINK_XDP_LAN_PREFIX,
 };
 
 use std::{
@@ -294,7 +298,7 @@ impl PinDir {
 
     /// Removes the pins (links first: removing a link's last reference detaches it), the
     /// folders, and the namespace folder if it is left empty.
-    fn remove_contents(&self) -> io::Result<()> {
+    pub(crate) fn remove_contents(&self) -> io::Result<()> {
         for sub in ["links", "progs", "maps"] {
             let dir = self.path.join(sub);
             if let Ok(entries) = std::fs::read_dir(&dir) {

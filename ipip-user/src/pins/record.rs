@@ -113,3 +113,109 @@ pub fn programs(dir: &PinDir) -> Vec<Program> {
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
+
+/// The ifindex a pinned link is attached to, as the kernel reports it (`/proc/self/fdinfo` of
+/// the link): 0 once its device is deleted; the device's index in whatever namespace it is
+/// now, after a move. `None` when the pin can't be opened.
+pub fn link_ifindex(pin: &std::path::Path) -> Option<u32> {
+    let fd = open_pinned(pin).ok()?;
+    use std::os::fd::AsRawFd as _;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("ifindex:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// BPF_OBJ_GET on a pin: an fd of whatever object it holds (aya keeps links' fds private).
+fn open_pinned(pin: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // bpf_attr's obj_get member: pathname, bpf_fd, file_flags, path_fd; the rest zero.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: `attr` is a zeroed bpf_attr-sized buffer whose pathname points to a live
+    // NUL-terminated string; the kernel reads only `size` bytes of it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd the kernel just returned, owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Where an attachment's interface is, judged by its TC ingress link (always present).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Here, under the attachment's name.
+    Here,
+    /// Here, under another name.
+    Renamed(String),
+    /// Deleted: the kernel detached the programs.
+    Gone,
+    /// Still running the programs, in another network namespace.
+    Moved,
+}
+
+/// Judges [`Placement`] from the link's ifindex (see [`link_ifindex`]) and the name this
+/// namespace has for the recorded ifindex, if any.
+pub fn placement(
+    interface: &str,
+    recorded_ifindex: u32,
+    link_ifindex: Option<u32>,
+    name_here: Option<&str>,
+) -> Placement {
+    match (link_ifindex, name_here) {
+        (Some(0), _) => Placement::Gone,
+        (Some(i), _) if i != recorded_ifindex => Placement::Moved,
+        (_, Some(n)) if n == interface => Placement::Here,
+        (_, Some(n)) => Placement::Renamed(n.to_string()),
+        (Some(_), None) => Placement::Moved,
+        (None, None) => Placement::Gone,
+    }
+}
+
+/// Peers configured now (slots of removed peers stay allocated, so the config's peer count
+/// is only an upper bound).
+pub fn peers_in_use(dir: &PinDir, slots: u32) -> Result<u32> {
+    let data = MapData::from_pin(dir.map(ipip_common::MAP_PEERS))?;
+    let map: Array<MapData, ipip_common::PeerConfig> =
+        Array::try_from(aya::maps::Map::Array(data))?;
+    let mut n = 0;
+    for i in 0..slots {
+        if map.get(&i, 0)?.in_use != 0 {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_the_interface_went() {
+        assert_eq!(placement("eth0", 3, Some(3), Some("eth0")), Placement::Here);
+        assert_eq!(
+            placement("eth0", 3, Some(3), Some("wan0")),
+            Placement::Renamed("wan0".into())
+        );
+        assert_eq!(placement("eth0", 3, Some(0), None), Placement::Gone);
+        // Moved, same index or a new one there (and maybe another device has 3 here now).
+        assert_eq!(placement("eth0", 3, Some(3), None), Placement::Moved);
+        assert_eq!(
+            placement("eth0", 3, Some(7), Some("other")),
+            Placement::Moved
+        );
+        assert_eq!(placement("eth0", 3, None, None), Placement::Gone);
+    }
+}
