@@ -52,7 +52,8 @@ fn blind_spot() -> Option<String> {
     }
     match std::fs::read_dir(ROOT) {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
-            "{ROOT} is readable by root only (the pins are root's): run `ipip-user status` as root"
+            "{ROOT} is readable by root only: status needs {}",
+            crate::privileges::NEEDED
         )),
         _ => None,
     }

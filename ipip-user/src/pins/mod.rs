@@ -303,7 +303,15 @@ impl PinDir {
             let dir = self.path.join(sub);
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for e in entries.flatten() {
+                    // Removing a pin drops its reference in a kernel work queue, so a link
+                    // would be detached a moment later, after we report it gone. Holding an
+                    // fd across the unlink makes our close the last reference, and the
+                    // detach synchronous.
+                    let held = (sub == "links")
+                        .then(|| record::open_pinned(&e.path()).ok())
+                        .flatten();
                     std::fs::remove_file(e.path())?;
+                    drop(held);
                 }
             }
             match std::fs::remove_dir(&dir) {

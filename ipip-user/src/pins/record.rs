@@ -127,7 +127,7 @@ pub fn link_ifindex(pin: &std::path::Path) -> Option<u32> {
 }
 
 /// BPF_OBJ_GET on a pin: an fd of whatever object it holds (aya keeps links' fds private).
-fn open_pinned(pin: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+pub(super) fn open_pinned(pin: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
     const BPF_OBJ_GET: libc::c_long = 7;
     let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
