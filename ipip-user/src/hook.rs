@@ -96,6 +96,7 @@ mod tests {
             up: true,
             veth,
             loopback: false,
+            not_ethernet: None,
             mac: [2, 0, 0, 0, 0, 1],
         }
     }

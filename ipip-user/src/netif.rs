@@ -38,6 +38,9 @@ pub struct Link {
     pub veth: bool,
     /// The loopback device: nothing it sends reaches a peer.
     pub loopback: bool,
+    /// The link layer, when it isn't Ethernet (`tun`, `wireguard`, `ipip`...): the programs
+    /// parse Ethernet frames, so such a device can't carry the tunnel.
+    pub not_ethernet: Option<String>,
     /// Hardware address (zero when the link has none of Ethernet size).
     pub mac: [u8; 6],
 }
@@ -287,6 +290,9 @@ fn link_from(msg: netlink_packet_route::link::LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         veth: false,
         loopback: msg.header.flags.contains(LinkFlags::Loopback),
+        not_ethernet: (msg.header.link_layer_type
+            != netlink_packet_route::link::LinkLayerType::Ether)
+            .then(|| format!("{:?}", msg.header.link_layer_type)),
         mac: [0; 6],
     };
     for attr in msg.attributes {

@@ -254,3 +254,33 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
+
+#[test]
+fn a_device_without_ethernet_framing_is_refused_before_anything_changes() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let d = &t.doolittle;
+    d.ns.script(
+        "ip tuntap add dev tun7 mode tun
+         ip link set tun7 up
+         ip addr add 192.0.2.77/32 dev tun7",
+    )?;
+    let routes_before = d.ns.exec(&["ip", "route", "show", "table", "all"])?;
+    let peers = d.peers.to_string_lossy();
+    let out = ipip.output(&d.ns, &["attach", "tun7", "--peers", &peers])?;
+    ensure!(
+        !out.status.success()
+            && describe(&out).contains("tun7 has no Ethernet framing (link layer None)"),
+        "attach to a tun device: {}",
+        describe(&out)
+    );
+    ensure!(!d.ns.pin_dir().exists(), "the refused attach left pins");
+    tcx_empty(&d.ns, "tun7")?;
+    let routes_after = d.ns.exec(&["ip", "route", "show", "table", "all"])?;
+    ensure!(
+        routes_before == routes_after,
+        "routes changed: {routes_after}"
+    );
+    Ok(())
+}

@@ -40,6 +40,9 @@ pub(super) async fn prepare(nl: &Netlink, req: &AttachRequest<'_>) -> Result<Pre
     if link.loopback {
         bail!("{interface} is the loopback device: nothing sent there reaches a peer. Attach to the interface that faces the peers (see `ip route get <peer remote>`)");
     }
+    if let Some(kind) = &link.not_ethernet {
+        bail!("{interface} has no Ethernet framing (link layer {kind}): ipip's programs read Ethernet frames. Attach to the Ethernet interface the traffic leaves by (see `ip route get <peer remote>`)");
+    }
     let mut lans: Vec<Link> = Vec::new();
     for name in file.tunnel.lan.iter().chain(extra_lans) {
         if let Err(why) = crate::config::check_interface_name(name) {
@@ -55,6 +58,9 @@ pub(super) async fn prepare(nl: &Netlink, req: &AttachRequest<'_>) -> Result<Pre
             .link(name)
             .await
             .with_context(|| format!("LAN interface {name}"))?;
+        if let Some(kind) = &lan.not_ethernet {
+            bail!("LAN interface {name} has no Ethernet framing (link layer {kind}): the fast path forwards Ethernet frames");
+        }
         lans.push(lan);
     }
     if !lans.is_empty() && decap == DecapArg::Tc {
