@@ -28,15 +28,17 @@ fn write(on: bool) -> Result<()> {
     std::fs::write(SYSCTL, if on { "1" } else { "0" }).with_context(|| format!("writing {SYSCTL}"))
 }
 
-/// Turns the sysctl on in this namespace. `true` when this call changed it (the caller records
-/// that in its tunnel flags, and must [`release`] it when it goes).
-pub fn enable() -> Result<bool> {
-    if read()? {
-        return Ok(false);
-    }
+/// Whether the sysctl is on in this namespace.
+pub fn is_on() -> Result<bool> {
+    read()
+}
+
+/// Turns the sysctl on. The caller records the hold in its tunnel flags first, so that a
+/// kill right after this can't leave it on with nobody to [`release`] it.
+pub fn turn_on() -> Result<()> {
     write(true)?;
     log::info!("{SYSCTL} set to 1 (forwarded traffic obeys the learned tunnel PMTU)");
-    Ok(true)
+    Ok(())
 }
 
 /// Gives up `leaving`'s hold on the sysctl: another live attachment in this namespace takes

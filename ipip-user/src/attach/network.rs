@@ -33,10 +33,12 @@ pub(super) async fn configure(
         nl.add_address(p.link.index, addr).await?;
     }
     // A gateway's forwarding path must obey the PMTU the data path learns (see forward_pmtu).
-    if ip_forwarding() && forward_pmtu::enable()? {
-        made.fwd_use_pmtu = true;
+    // Only if it is off, and recorded before it is switched, like the address.
+    if ip_forwarding() && !forward_pmtu::is_on()? {
         tunnel.flags |= TUNNEL_FLAG_FWD_USE_PMTU;
         dp.set_tunnel(tunnel)?;
+        made.fwd_use_pmtu = true;
+        forward_pmtu::turn_on()?;
     }
     // Via the underlay next hop toward the peer: the Ethernet header the kernel builds is then
     // already right for the encapsulated packet, on-link peer or behind a router.
