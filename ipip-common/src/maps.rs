@@ -190,6 +190,9 @@ pub const TUNNEL_FLAG_FAST_PATH: u32 = 1 << 3;
 /// holds this flag turns it off again.
 pub const TUNNEL_FLAG_FWD_USE_PMTU: u32 = 1 << 4;
 
+/// XDP decapsulation runs in generic (skb) mode: the driver had no native XDP.
+pub const TUNNEL_FLAG_XDP_GENERIC: u32 = 1 << 5;
+
 /// Tunnel-wide settings, index 0 of the config array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

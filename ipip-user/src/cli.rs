@@ -21,6 +21,8 @@ path stays, pinned under /sys/fs/bpf/ipip/. Wire-compatible with Linux's `ip tun
   ipip-user log eth0                           print each dropped packet as it happens
   ipip-user reload eth0 --peers peers.toml     apply a changed file, losing nothing
   ipip-user detach eth0                        remove exactly what attach made
+  ipip-user run eth0 --peers p.toml            foreground service (systemd Type=notify)
+  ipip-user metrics --listen 127.0.0.1:9156    Prometheus metrics of every attachment
   ipip-user prune                              remove pins of deleted namespaces
   ipip-user --netns calculon stats             run inside network namespace calculon
 
@@ -63,6 +65,37 @@ pub enum Command {
         /// Print what was done as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run in the foreground as a service: attach (or adopt an intact attachment), reload
+    /// the file on SIGHUP, detach on SIGTERM/SIGINT; tells systemd (Type=notify) when it is
+    /// ready, reloading and stopping.
+    #[command(
+        after_help = "Examples:\n  ipip-user run eth0 --peers /etc/ipip/eth0.toml --metrics 127.0.0.1:9156\n  systemctl start ipip@eth0     # the unit in contrib/systemd runs exactly this\n\nThe data path is pinned and does not depend on this process: if it dies, traffic keeps\nflowing and the next `run` adopts the attachment. --keep-on-exit leaves it attached on\nSIGTERM too (for restarts that must not drop a packet)."
+    )]
+    Run {
+        interface: String,
+        #[arg(long, short, value_name = "FILE")]
+        peers: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        decap: DecapArg,
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: XdpModeArg,
+        #[arg(long, value_name = "IFACE")]
+        lan: Vec<String>,
+        /// Serve Prometheus metrics on ADDR (host:port), at /metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// On SIGTERM/SIGINT, leave the data path attached (the next `run` adopts it).
+        #[arg(long)]
+        keep_on_exit: bool,
+    },
+    /// Serve every attachment's counters in the Prometheus text format until Ctrl-C.
+    #[command(
+        after_help = "Example:\n  ipip-user metrics --listen 127.0.0.1:9156\n  curl -s http://127.0.0.1:9156/metrics"
+    )]
+    Metrics {
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
     },
     /// Apply a changed peers file to an attached interface without losing a packet: only
     /// what changed is touched (peers keep their counters).

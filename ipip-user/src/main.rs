@@ -20,8 +20,13 @@ fn main() -> ExitCode {
             nix::sys::signal::SigHandler::SigDfl,
         )
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    // A service says what it does; a one-shot command only warns.
+    let quiet = match cli.command {
+        Command::Run { .. } | Command::Metrics { .. } => "info",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(quiet)).init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -277,6 +282,40 @@ async fn dispatch(cmd: Command) -> Result<()> {
             .await
         }
         Command::LogGuard { interface } => ipip_user::droplog::guard(&interface),
+        Command::Run {
+            interface,
+            peers,
+            decap,
+            xdp_mode,
+            lan,
+            metrics,
+            keep_on_exit,
+        } => {
+            PeersFile::load(&peers)?;
+            require_admin("run")?;
+            ipip_user::service::run(&ipip_user::service::RunOptions {
+                interface,
+                peers,
+                decap,
+                xdp_mode,
+                lans: lan,
+                metrics,
+                keep_on_exit,
+            })
+            .await
+        }
+        Command::Metrics { listen } => {
+            require_admin("metrics")?;
+            let l = ipip_user::metrics::bind(listen).await?;
+            eprintln!(
+                "serving metrics on http://{}/metrics; Ctrl-C to stop",
+                l.local_addr()?
+            );
+            tokio::select! {
+                r = ipip_user::metrics::serve(l) => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
         Command::Prune { json } => {
             require_admin("prune")?;
             let pruned = ipip_user::pins::prune()?;

@@ -6,11 +6,11 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use ipip_common::{
     Path, PeerConfig, PeerCounters, PeerName, PeerPmtu, Reason, MAP_PATHS, MAP_PEERS,
-    MAP_PEER_NAMES, MAP_PEER_PMTU, MAP_PEER_STATS, MAP_REASONS,
+    MAP_PEER_NAMES, MAP_PEER_PMTU, MAP_PEER_STATS, MAP_REASONS, TUNNEL_FLAG_XDP_GENERIC,
 };
 
 use crate::{
-    pins::{read_tunnel, PinDir},
+    pins::{read_tunnel, PinDir, LINK_XDP},
     plan::peer_name_str,
 };
 
@@ -20,6 +20,14 @@ pub struct Snapshot {
     pub netns: u64,
     pub local: Ipv4Addr,
     pub address: Option<String>,
+    /// Configured tunnel MTU (underlay MTU − 20); `null` with no peer configured.
+    pub tunnel_mtu: Option<u16>,
+    /// `xdp` or `tc`: where decapsulation runs.
+    pub decap: &'static str,
+    /// `native` or `generic` with XDP decap, `null` with TC.
+    pub xdp_mode: Option<&'static str>,
+    /// The pinned programs and their kernel ids.
+    pub programs: Vec<crate::pins::Program>,
     pub peers: Vec<PeerStats>,
     /// Every reason by name, zero or not, so scripts can rely on the keys.
     pub reasons: BTreeMap<&'static str, u64>,
@@ -130,6 +138,20 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
                 tunnel.address_prefix_len
             )
         }),
+        tunnel_mtu: out_peers.first().map(|p| p.mtu),
+        decap: if dir.link(LINK_XDP).exists() {
+            "xdp"
+        } else {
+            "tc"
+        },
+        xdp_mode: dir.link(LINK_XDP).exists().then_some(
+            if tunnel.flags & TUNNEL_FLAG_XDP_GENERIC != 0 {
+                "generic"
+            } else {
+                "native"
+            },
+        ),
+        programs: crate::pins::programs(dir),
         peers: out_peers,
         reasons,
         paths,

@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "ncat",
     "nftables",
     "ethtool",
+    // systemd-analyze, for the unit file test.
+    "systemd",
     "qemu-system-x86",
     // The bench chart's font.
     "fonts-dejavu-core",

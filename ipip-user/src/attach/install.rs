@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context as _, Result};
 use aya::programs::{links::FdLink, xdp::XdpMode, TcAttachType};
 use ipip_common::{
     TunnelConfig, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_DECAP, PROG_XDP_LAN,
-    TUNNEL_FLAG_DECAP_TC,
+    TUNNEL_FLAG_DECAP_TC, TUNNEL_FLAG_XDP_GENERIC,
 };
 
 use super::{prepare::Prepared, XdpModeArg};
@@ -69,7 +69,13 @@ pub(super) fn install(p: &Prepared, mode: XdpModeArg) -> Result<Installed> {
         }
     };
     let decap = match xdp_how {
-        Some(how) => format!("xdp ({how})"),
+        Some(how) => {
+            if how == "generic" {
+                tunnel.flags |= TUNNEL_FLAG_XDP_GENERIC;
+                dp.set_tunnel(&tunnel)?;
+            }
+            format!("xdp ({how})")
+        }
         None => {
             tunnel.flags |= TUNNEL_FLAG_DECAP_TC;
             dp.set_tunnel(&tunnel)?;

@@ -1,0 +1,137 @@
+//! `ipip-user run`: the foreground service a service manager starts. It attaches (or adopts
+//! an intact attachment of the interface: a reload with the same file then changes nothing in
+//! the data path), tells systemd it is ready, applies the file again on SIGHUP, serves metrics
+//! if asked, and detaches on SIGTERM/SIGINT unless `--keep-on-exit`. The data path is pinned
+//! and does not depend on this process: if it crashes, traffic keeps flowing, and the next
+//! `run` adopts the attachment.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    attach::{self, AttachRequest},
+    cli::{DecapArg, XdpModeArg},
+    config::PeersFile,
+    pins::PinDir,
+    reload, status,
+};
+
+pub struct RunOptions {
+    pub interface: String,
+    pub peers: PathBuf,
+    pub decap: DecapArg,
+    pub xdp_mode: XdpModeArg,
+    pub lans: Vec<String>,
+    pub metrics: Option<SocketAddr>,
+    pub keep_on_exit: bool,
+}
+
+/// Tells systemd (when it started us with a notify socket; otherwise nothing happens).
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        log::warn!("telling systemd {states:?}: {e}");
+    }
+}
+
+/// Whether `interface` has an intact attachment here that `run` can take over.
+async fn adoptable(interface: &str) -> Result<bool> {
+    let dir = PinDir::for_interface(interface)?;
+    if !dir.exists() {
+        return Ok(false);
+    }
+    Ok(status::collect()
+        .await?
+        .iter()
+        .any(|s| s.interface == interface && s.netns == dir.netns && s.health == "ok"))
+}
+
+pub async fn run(o: &RunOptions) -> Result<()> {
+    let iface = &o.interface;
+    // Signals are caught from the start: a SIGTERM during attach is handled after it.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let metrics = match o.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    if adoptable(iface).await? {
+        let r = reload::reload(iface, &o.peers).await?;
+        log::info!(
+            "{iface}: adopted the existing attachment ({} peer(s) added, {} removed, {} changed)",
+            r.peers_added.len(),
+            r.peers_removed.len(),
+            r.peers_changed.len()
+        );
+    } else {
+        PeersFile::load(&o.peers)?;
+        let a = attach::attach(&AttachRequest {
+            interface: iface,
+            peers: &o.peers,
+            decap: o.decap,
+            xdp_mode: o.xdp_mode,
+            lans: &o.lans,
+        })
+        .await?;
+        log::info!(
+            "{iface}: attached, decap {}, {} peer(s), {} route(s), tunnel MTU {}",
+            a.decap,
+            a.peers,
+            a.routes.len(),
+            a.tunnel_mtu
+        );
+    }
+    let server = async {
+        match metrics {
+            Some(l) => {
+                log::info!("metrics on http://{}/metrics", l.local_addr()?);
+                crate::metrics::serve(l).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(server);
+    let ready = format!("attached to {iface} ({})", o.peers.display());
+    notify(&[NotifyState::Ready, NotifyState::Status(&ready)]);
+    loop {
+        tokio::select! {
+            r = &mut server => return r.context("the metrics server stopped"),
+            _ = hup.recv() => {
+                let mut states = vec![NotifyState::Reloading];
+                states.extend(NotifyState::monotonic_usec_now().ok());
+                notify(&states);
+                let status = match reload::reload(iface, &o.peers).await {
+                    Ok(r) => {
+                        log::info!(
+                            "{iface}: reloaded {}: {} peer(s) added, {} removed, {} changed; routes {} added, {} removed, {} moved",
+                            o.peers.display(),
+                            r.peers_added.len(), r.peers_removed.len(), r.peers_changed.len(),
+                            r.routes_added, r.routes_removed, r.routes_moved
+                        );
+                        ready.clone()
+                    }
+                    Err(e) => {
+                        // A bad file is refused before anything changes; a failure while
+                        // applying leaves what was applied, which the next reload completes.
+                        log::error!("{iface}: reload of {} failed: {e:#}; still serving, fix the file and send SIGHUP again", o.peers.display());
+                        format!("reload failed: {e:#}")
+                    }
+                };
+                notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    notify(&[NotifyState::Stopping]);
+    if o.keep_on_exit {
+        log::info!("{iface}: leaving the data path attached (--keep-on-exit)");
+        return Ok(());
+    }
+    let d = attach::detach(iface).await?;
+    log::info!("{iface}: detached, {} route(s) removed", d.routes_removed);
+    Ok(())
+}
