@@ -124,8 +124,11 @@ pub enum Command {
         json: bool,
         /// Print again every SECONDS, with per-second rates, until Ctrl-C (JSON: one array
         /// per line).
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
         watch: Option<u64>,
+        /// Every drop/hand-off reason, zero or not (default: only those that moved).
+        #[arg(long)]
+        all: bool,
     },
     /// Describe each packet the data path drops (reason, addresses) as it happens.
     #[command(after_help = "Example:\n  ipip-user log eth0 --seconds 30")]

@@ -29,12 +29,19 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(quiet)).init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Already said on stdout, as JSON.
+        Err(e) if e.is::<Reported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// An error the command has reported itself (as JSON): exit 1 without saying it again.
+#[derive(Debug, thiserror::Error)]
+#[error("reported")]
+struct Reported;
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(ns) = &cli.netns {
@@ -61,6 +68,7 @@ fn enter_netns(name: &str) -> Result<()> {
 fn show_stats(
     dirs: &[PinDir],
     json: bool,
+    all: bool,
     watching: bool,
     previous: Option<&[stats::Sample]>,
 ) -> Result<Vec<stats::Sample>> {
@@ -86,7 +94,10 @@ fn show_stats(
             p.iter()
                 .find(|b| b.snapshot.interface == s.snapshot.interface)
         });
-        print!("{}", stats::render(&s.snapshot, before.map(|b| (b, s))));
+        print!(
+            "{}",
+            stats::render(&s.snapshot, before.map(|b| (b, s)), all)
+        );
     }
     Ok(now)
 }
@@ -99,7 +110,18 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 async fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Check { file, json } => {
-            let f = PeersFile::load(&file)?;
+            let f = match PeersFile::load(&file) {
+                Ok(f) => f,
+                Err(e) if json => {
+                    print_json(&serde_json::json!({
+                        "file": file.display().to_string(),
+                        "ok": false,
+                        "error": format!("{e:#}"),
+                    }))?;
+                    return Err(Reported.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
             if json {
                 print_json(&serde_json::json!({
                     "file": file.display().to_string(),
@@ -240,6 +262,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             interface,
             json,
             watch,
+            all,
         } => {
             let dirs = match interface {
                 Some(i) => {
@@ -253,12 +276,12 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 None => PinDir::list()?,
             };
             match watch {
-                None => show_stats(&dirs, json, false, None),
+                None => show_stats(&dirs, json, all, false, None),
                 Some(secs) => {
-                    let period = std::time::Duration::from_secs(secs.max(1));
+                    let period = std::time::Duration::from_secs(secs);
                     let mut previous = None;
                     loop {
-                        previous = Some(show_stats(&dirs, json, true, previous.as_deref())?);
+                        previous = Some(show_stats(&dirs, json, all, true, previous.as_deref())?);
                         tokio::select! {
                             _ = tokio::time::sleep(period) => {}
                             _ = tokio::signal::ctrl_c() => return Ok(()),

@@ -16,6 +16,9 @@ use crate::{
 
 #[derive(Debug, serde::Serialize)]
 pub struct Snapshot {
+    /// Version of this object's layout (docs/stats.schema.json); bumped on any change a
+    /// script could notice, never for additions.
+    pub schema_version: u32,
     pub interface: String,
     pub netns: u64,
     pub local: Ipv4Addr,
@@ -51,6 +54,9 @@ pub struct PeerStats {
     /// Seconds until `learned_mtu` expires (`net.ipv4.route.mtu_expires`).
     pub learned_mtu_expires_in_s: Option<u64>,
 }
+
+/// See [`Snapshot::schema_version`].
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
@@ -128,6 +134,7 @@ pub fn read(dir: &PinDir) -> Result<Snapshot> {
         paths.insert(p.name(), n);
     }
     Ok(Snapshot {
+        schema_version: SCHEMA_VERSION,
         interface: dir.interface.clone(),
         netns: dir.netns,
         local: Ipv4Addr::from(tunnel.local),
@@ -177,42 +184,45 @@ fn rate(now: u64, before: u64, secs: f64) -> f64 {
     now.saturating_sub(before) as f64 / secs
 }
 
-/// Human-readable rendering, in the spirit of `ip -s link` and `wg show`; with a previous
+/// Human-readable rendering, in the spirit of `ip -s link` and `wg show`: per peer, the
+/// fast/kernel split, and only the reasons that moved (`all`: every reason); with a previous
 /// sample, per-second rates too.
-pub fn render(s: &Snapshot, rates: Option<(&Sample, &Sample)>) -> String {
+pub fn render(s: &Snapshot, rates: Option<(&Sample, &Sample)>, all: bool) -> String {
     let mut o = String::new();
+    let secs = rates.map(|(b, n)| n.at.duration_since(b.at).as_secs_f64().max(1e-3));
+    let before = rates.map(|(b, _)| &b.snapshot);
     let _ = writeln!(
         o,
-        "interface {}  local {}  tunnel address {}",
+        "{}: local {}  tunnel address {}  decap {}{}  tunnel MTU {}",
         s.interface,
         s.local,
-        s.address.as_deref().unwrap_or("none")
+        s.address.as_deref().unwrap_or("none"),
+        s.decap,
+        s.xdp_mode.map(|m| format!(" ({m})")).unwrap_or_default(),
+        s.tunnel_mtu
+            .map_or_else(|| "-".to_string(), |m| m.to_string()),
     );
     for p in &s.peers {
         let mtu = match (p.learned_mtu, p.learned_mtu_expires_in_s) {
             (Some(m), Some(e)) => {
-                format!("mtu {m} (learned; configured {}, expires in {e} s)", p.mtu)
+                format!(
+                    "  mtu {m} (learned; configured {}, expires in {e} s)",
+                    p.mtu
+                )
             }
-            _ => format!("mtu {}", p.mtu),
+            _ => String::new(),
         };
-        let _ = writeln!(o, "  peer {}  remote {}  {mtu}", p.name, p.remote);
+        let _ = writeln!(o, "  peer {}  remote {}{mtu}", p.name, p.remote);
         let _ = writeln!(
             o,
-            "    rx {} packets, {} bytes    tx {} packets, {} bytes",
+            "    rx {:>10} pkt {:>14} B    tx {:>10} pkt {:>14} B",
             p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes
         );
-        let before = rates.and_then(|(b, n)| {
-            let secs = n.at.duration_since(b.at).as_secs_f64().max(1e-3);
-            b.snapshot
-                .peers
-                .iter()
-                .find(|q| q.name == p.name)
-                .map(|q| (q, secs))
-        });
-        if let Some((q, secs)) = before {
+        let q = before.and_then(|b| b.peers.iter().find(|q| q.name == p.name));
+        if let (Some(q), Some(secs)) = (q, secs) {
             let _ = writeln!(
                 o,
-                "    rate rx {:.0} pkt/s {:.3} Mbit/s    tx {:.0} pkt/s {:.3} Mbit/s",
+                "    rx {:>10.0} pkt/s {:>9.3} Mbit/s    tx {:>10.0} pkt/s {:>9.3} Mbit/s",
                 rate(p.rx_packets, q.rx_packets, secs),
                 rate(p.rx_bytes, q.rx_bytes, secs) * 8.0 / 1e6,
                 rate(p.tx_packets, q.tx_packets, secs),
@@ -223,21 +233,35 @@ pub fn render(s: &Snapshot, rates: Option<(&Sample, &Sample)>) -> String {
     let path = |p: Path| s.paths.get(p.name()).copied().unwrap_or(0);
     let _ = writeln!(
         o,
-        "  encap: {} fast path, {} kernel    decap: {} fast path, {} to the kernel",
+        "  encap {} fast, {} kernel    decap {} fast, {} kernel",
         path(Path::EncapFast),
         path(Path::EncapKernel),
         path(Path::DecapFast),
         path(Path::DecapKernel)
     );
-    let _ = writeln!(o, "  drops and hand-offs to the kernel:");
+    let mut shown = 0;
     for r in Reason::ALL {
         let n = s.reasons.get(r.name()).copied().unwrap_or(0);
+        if n == 0 && !all {
+            continue;
+        }
         let kind = match r {
             Reason::HeldOuterFragment => "held",
             _ if r.is_drop() => "drop",
             _ => "pass",
         };
-        let _ = writeln!(o, "    {:<22} {:>12}  {kind}: {}", r.name(), n, r.help());
+        let moving = match (before.and_then(|b| b.reasons.get(r.name())), secs) {
+            (Some(b), Some(secs)) => format!(" {:>9.0}/s", rate(n, *b, secs)),
+            _ => String::new(),
+        };
+        let _ = writeln!(o, "  {kind} {:<22} {n:>12}{moving}  {}", r.name(), r.help());
+        shown += 1;
+    }
+    if shown == 0 {
+        let _ = writeln!(
+            o,
+            "  no drops or hand-offs (`stats --all` lists every reason)"
+        );
     }
     o
 }

@@ -4,7 +4,7 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 
 use anyhow::Result;
 
-use ipip_common::TUNNEL_FLAG_LOG_DROPS;
+use ipip_common::{TUNNEL_FLAG_LOG_DROPS, TUNNEL_FLAG_XDP_GENERIC};
 
 use crate::{
     netif::{route_prefix, Netlink},
@@ -33,6 +33,12 @@ pub struct Status {
     pub routes_installed: usize,
     /// `xdp` or `tc`: where decapsulation runs.
     pub decap: &'static str,
+    /// `native` or `generic` with XDP decap; `null` with TC (attached as TCX links).
+    pub xdp_mode: Option<&'static str>,
+    /// Tunnel MTU toward the peers (underlay MTU − 20); `null` with no peer.
+    pub tunnel_mtu: Option<u16>,
+    /// The pinned bpf_links (each holds one program on one interface and hook).
+    pub links: Vec<String>,
     /// LAN interfaces with the XDP fast path.
     pub lans: Vec<String>,
     /// Drop records on: an `ipip-user log` is reading.
@@ -99,6 +105,16 @@ fn blank(dir: &PinDir) -> Status {
             "tc"
         },
         lans: lan_links(dir),
+        xdp_mode: None,
+        tunnel_mtu: None,
+        links: std::fs::read_dir(dir.path.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
         drop_log: false,
         programs: Vec::new(),
     }
@@ -120,6 +136,12 @@ async fn one(nl: &Netlink, dir: &PinDir) -> Result<Status> {
     s.address = (t.address != [0; 4])
         .then(|| format!("{}/{}", Ipv4Addr::from(t.address), t.address_prefix_len));
     s.drop_log = t.flags & TUNNEL_FLAG_LOG_DROPS != 0;
+    s.xdp_mode = (s.decap == "xdp").then_some(if t.flags & TUNNEL_FLAG_XDP_GENERIC != 0 {
+        "generic"
+    } else {
+        "native"
+    });
+    s.tunnel_mtu = tunnel_mtu(dir, t.peer_count);
     s.peers = peers_in_use(dir, t.peer_count).unwrap_or(t.peer_count);
     if is_stale(dir) {
         s.health = "stale";
@@ -160,23 +182,65 @@ async fn one(nl: &Netlink, dir: &PinDir) -> Result<Status> {
     Ok(s)
 }
 
+/// The tunnel MTU the first peer in use was configured with (all share it).
+fn tunnel_mtu(dir: &PinDir, slots: u32) -> Option<u16> {
+    use aya::maps::{Array, MapData};
+    let data = MapData::from_pin(dir.map(ipip_common::MAP_PEERS)).ok()?;
+    let map: Array<MapData, ipip_common::PeerConfig> =
+        Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    (0..slots)
+        .filter_map(|i| map.get(&i, 0).ok())
+        .find(|p| p.in_use != 0)
+        .map(|p| p.mtu)
+}
+
 pub fn render(all: &[Status]) -> String {
     if all.is_empty() {
         return "nothing attached in this network namespace\n".into();
     }
     let mut o = String::new();
     for s in all {
+        let decap = match (s.decap, s.xdp_mode) {
+            ("xdp", Some(m)) => format!("xdp ({m})"),
+            (d, _) => format!("{d} (tcx)"),
+        };
         let _ = writeln!(
             o,
-            "{}: {}  decap {}  fast path {}  local {}  tunnel address {}  peers {}  routes {}  pins {}",
+            "{}: {}  decap {decap}  fast path {}  local {}  tunnel address {}  tunnel MTU {}  peers {}  routes {}",
             s.interface,
             s.state,
-            s.decap,
             if s.lans.is_empty() { "off".to_string() } else { format!("on ({})", s.lans.join(", ")) },
-            s.local,
+            if s.local.is_empty() { "-" } else { &s.local },
             s.address.as_deref().unwrap_or("none"),
+            s.tunnel_mtu.map_or_else(|| "-".to_string(), |m| m.to_string()),
             s.peers,
             s.routes_installed,
+        );
+        let progs: Vec<String> = s
+            .programs
+            .iter()
+            .map(|p| match p.verified_insns {
+                Some(n) => format!("{} id {} ({n} insns)", p.name, p.id),
+                None => format!("{} id {}", p.name, p.id),
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "  programs {}",
+            if progs.is_empty() {
+                "none".into()
+            } else {
+                progs.join(", ")
+            }
+        );
+        let _ = writeln!(
+            o,
+            "  links {}  pins {}",
+            if s.links.is_empty() {
+                "none".into()
+            } else {
+                s.links.join(", ")
+            },
             s.pin_dir
         );
     }

@@ -341,3 +341,95 @@ fn run_is_a_notify_service_with_metrics_that_match_stats() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// `stats --json` against its published schema (docs/stats.schema.json), on a live
+/// attachment with traffic, with formats checked; and `stats --watch 0` refused.
+#[test]
+fn stats_json_follows_its_schema() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    ipip.attach(&d.ns, d.iface, &d.peers)?;
+    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    ensure!(ping_ok(&d.ns, d.private, c.private, 3)?, "no traffic");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        workspace_root().join("docs/stats.schema.json"),
+    )?)?;
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .map_err(|e| anyhow::anyhow!("the schema itself is invalid: {e}"))?;
+    let out: serde_json::Value = serde_json::from_str(&ipip.run(&d.ns, &["stats", "--json"])?)?;
+    let errors: Vec<String> = validator
+        .iter_errors(&out)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    ensure!(
+        errors.is_empty(),
+        "stats --json breaks its schema: {errors:#?}\n{out:#}"
+    );
+    ensure!(
+        out[0]["peers"][0]["tx_packets"].as_u64() >= Some(3),
+        "the traffic is not in the output: {out}"
+    );
+    // And the schema is strict enough to catch a renamed key.
+    let mut broken = out.clone();
+    broken[0]["peers"][0]["tx_pkts"] = broken[0]["peers"][0]["tx_packets"].take();
+    ensure!(
+        !validator.is_valid(&broken),
+        "the schema accepts a renamed key"
+    );
+    // Text: only what moved; --all: every reason.
+    let text = ipip.run(&d.ns, &["stats", d.iface])?;
+    ensure!(
+        text.contains("no drops or hand-offs") && !text.contains("unknown_peer"),
+        "a healthy interface's stats list zero counters: {text}"
+    );
+    let text = ipip.run(&d.ns, &["stats", d.iface, "--all"])?;
+    ensure!(text.contains("unknown_peer"), "stats --all: {text}");
+    let out = ipip.output(&d.ns, &["stats", "--watch", "0"])?;
+    ensure!(
+        !out.status.success() && describe(&out).contains("0 is not in 1.."),
+        "stats --watch 0: {}",
+        describe(&out)
+    );
+    Ok(())
+}
+
+/// `check --json` reports a bad file as JSON on stdout too, with exit code 1.
+#[test]
+fn check_json_reports_errors_as_json() -> Result<()> {
+    let ipip = IpipUser::new()?;
+    let dir = scratch_dir("check")?;
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[peer]]\nname = \"a\"\nremote = \"192.0.2.300\"\nroutes = []\n",
+    )?;
+    let out = Command::new(ipip.path())
+        .args(["check", &bad.to_string_lossy(), "--json"])
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(
+        out.status.code() == Some(1),
+        "exit code: {}",
+        describe(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("stdout is not JSON: {}", describe(&out)))?;
+    ensure!(
+        v["ok"] == false
+            && v["file"] == bad.to_string_lossy().as_ref()
+            && v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("192.0.2.300")),
+        "{v}"
+    );
+    ensure!(
+        out.stderr.is_empty(),
+        "the error was printed twice: {}",
+        describe(&out)
+    );
+    Ok(())
+}
