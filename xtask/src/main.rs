@@ -65,7 +65,8 @@ fn main() {
     }
 }
 
-/// `ipip-lab WHAT ARGS` after setup and a build (only the toolchain for `--help`).
+/// `ipip-lab WHAT ARGS` after setup and a build (only the toolchain for `--help`). The demo
+/// and the bench set up only what they use; the `linux-peer` scenario also the guest.
 fn lab(what: &str, args: &[String]) -> anyhow::Result<()> {
     let help = args.iter().any(|a| a == "--help" || a == "-h");
     anyhow::ensure!(
@@ -75,8 +76,12 @@ fn lab(what: &str, args: &[String]) -> anyhow::Result<()> {
     if help {
         setup::toolchain()?;
     } else {
-        setup::setup()?;
-        println!("==> building the workspace");
+        if args.iter().any(|a| a.contains("linux-peer")) {
+            setup::setup()?;
+        } else {
+            setup::demo()?;
+        }
+        println!("==> building the workspace (the first time several minutes, then seconds)");
         cmd::cargo(&["build", "--workspace"])?;
         if what == "bench" {
             // Measure the binary users run, not a debug build.

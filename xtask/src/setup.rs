@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 
 use crate::cmd;
 
-/// Packages the tests, the demo and the bench use (ping; ip/tc; nft for rfe's NAT in seed §6;
-/// ethtool to switch GRO on for veths that XDP redirects into; iperf3 for the bench, and with
+/// Packages the demo and the bench use (ping; ip/tc; nft for rfe's NAT in seed §6; ethtool
+/// to switch GRO on for veths that XDP redirects into; iperf3 for throughput, and with
 /// tcpdump and ncat for poking at a `--keep` demo by hand; a font for the bench chart).
-const APT_PACKAGES: &[&str] = &[
+const DEMO_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "iperf3",
@@ -18,22 +18,27 @@ const APT_PACKAGES: &[&str] = &[
     "ncat",
     "nftables",
     "ethtool",
-    // systemd-analyze, for the unit file test.
-    "systemd",
-    "qemu-system-x86",
-    // The bench chart's font.
     "fonts-dejavu-core",
-    // Fault injection for the lifecycle tests (SIGKILL at a chosen syscall).
-    "strace",
 ];
+/// What only the tests (and the Linux-peer demo) add: the guest's emulator, strace for
+/// SIGKILL at a chosen syscall, systemd-analyze for the unit file test.
+const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "strace", "systemd"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Everything the tests need: the demo's setup, the test packages, and the Linux guest.
 pub fn setup() -> Result<()> {
-    toolchain()?;
-    apt_packages()?;
-    bpffs()?;
+    demo()?;
+    apt_packages(TEST_PACKAGES)?;
     cmd::lab(&["guest"])?;
     Ok(())
+}
+
+/// What `cargo xtask run` and `bench` need: no emulator, no guest (the `linux-peer`
+/// scenario adds them, see [`setup`]).
+pub fn demo() -> Result<()> {
+    toolchain()?;
+    apt_packages(DEMO_PACKAGES)?;
+    bpffs()
 }
 
 /// What compiling the workspace needs: rust-src for `-Z build-std` and bpf-linker.
@@ -185,14 +190,14 @@ fn apt_installed(pkg: &str) -> bool {
         .is_some_and(|s| s.trim() == "install ok installed")
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn apt_packages(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|p| !apt_installed(p))
         .collect();
     if missing.is_empty() {
-        println!("setup: apt packages present ({})", APT_PACKAGES.join(" "));
+        println!("setup: apt packages present ({})", wanted.join(" "));
         return Ok(());
     }
     anyhow::ensure!(
@@ -200,7 +205,10 @@ fn apt_packages() -> Result<()> {
         "apt packages missing ({}); run as root or install them",
         missing.join(" ")
     );
-    println!("==> setup: apt-get install {}", missing.join(" "));
+    println!(
+        "==> setup: apt-get install {} (from the Debian mirror; a minute or two)",
+        missing.join(" ")
+    );
     cmd::run(&["apt-get", "update", "-qq"])?;
     let mut c = Command::new("apt-get");
     c.args(["install", "-y", "-qq", "--no-install-recommends"])

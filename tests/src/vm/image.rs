@@ -144,7 +144,7 @@ pub fn build(verbose: bool) -> Result<Image> {
     }
     let start = Instant::now();
     println!(
-        "==> guest: building {} ({})",
+        "==> guest: building {} ({}): downloads a Debian kernel and busybox, about a minute",
         dir.display(),
         image.description
     );
