@@ -24,6 +24,7 @@ path stays, pinned under /sys/fs/bpf/ipip/. Wire-compatible with Linux's `ip tun
   ipip-user run eth0 --peers p.toml            foreground service (systemd Type=notify)
   ipip-user metrics --listen 127.0.0.1:9156    Prometheus metrics of every attachment
   ipip-user prune                              remove pins of deleted namespaces
+  ipip-user doctor eth0                        find out why nothing gets through
   ipip-user --netns calculon stats             run inside network namespace calculon
 
 Diagnostics: RUST_LOG=debug ipip-user ..."
@@ -148,6 +149,21 @@ pub enum Command {
     /// Remove the pins that deleted network namespaces left (attached, then `ip netns del`
     /// without detach); `status` lists them as orphaned.
     Prune {
+        #[arg(long)]
+        json: bool,
+    },
+    /// "It all looks good, but nothing happens": check, in order, what an expert would
+    /// (interface, addresses, way to each peer, routes, forwarding, rp_filter, firewall,
+    /// foreign programs, moving drop counters) and say what is wrong and how to fix it.
+    /// Exits 1 when it found a problem.
+    #[command(
+        after_help = "Example:\n  ipip-user doctor eth0\n  ipip-user doctor eth0 --seconds 10 --json"
+    )]
+    Doctor {
+        interface: String,
+        /// How long to watch the drop counters.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
         #[arg(long)]
         json: bool,
     },

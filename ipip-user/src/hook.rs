@@ -98,6 +98,7 @@ mod tests {
             loopback: false,
             not_ethernet: None,
             mac: [2, 0, 0, 0, 0, 1],
+            xdp_prog: None,
         }
     }
 

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod doctor;
 pub mod droplog;
 pub mod forward_pmtu;
 pub mod hook;

@@ -339,6 +339,25 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         }
+        Command::Doctor {
+            interface,
+            seconds,
+            json,
+        } => {
+            require_admin("doctor")?;
+            let findings =
+                ipip_user::doctor::diagnose(&interface, std::time::Duration::from_secs(seconds))
+                    .await?;
+            if json {
+                print_json(&findings)?;
+            } else {
+                print!("{}", ipip_user::doctor::render(&findings));
+            }
+            if findings.iter().any(|f| !f.ok) {
+                return Err(Reported.into());
+            }
+            Ok(())
+        }
         Command::Prune { json } => {
             require_admin("prune")?;
             let pruned = ipip_user::pins::prune()?;

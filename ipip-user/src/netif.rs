@@ -43,6 +43,8 @@ pub struct Link {
     pub not_ethernet: Option<String>,
     /// Hardware address (zero when the link has none of Ethernet size).
     pub mac: [u8; 6],
+    /// Id of the XDP program attached to it, if any.
+    pub xdp_prog: Option<u32>,
 }
 
 /// Where the kernel sends packets for one destination (`ip route get`).
@@ -294,12 +296,19 @@ fn link_from(msg: netlink_packet_route::link::LinkMessage) -> Link {
             != netlink_packet_route::link::LinkLayerType::Ether)
             .then(|| format!("{:?}", msg.header.link_layer_type)),
         mac: [0; 6],
+        xdp_prog: None,
     };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(&a),
             LinkAttribute::IfName(n) => link.name = n,
             LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::Xdp(xdp) => {
+                link.xdp_prog = xdp.iter().find_map(|x| match x {
+                    netlink_packet_route::link::LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                    _ => None,
+                });
+            }
             LinkAttribute::LinkInfo(infos) => {
                 link.veth = infos
                     .iter()
