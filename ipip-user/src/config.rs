@@ -29,6 +29,34 @@ fn shown(value: &str) -> String {
     }
 }
 
+/// `message` with every quoted (`"…"` or `` `…` ``) run longer than [`shown`] allows cut
+/// down the way `shown` cuts values: the parser's own messages quote whole values.
+fn clip_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '`']) {
+        let quote = rest[start..].chars().next().expect("found above");
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find(quote) {
+            Some(end) if after[..end].chars().count() > 64 => {
+                out.push_str(&shown(&after[..end]));
+                rest = &after[end + 1..];
+            }
+            Some(end) => {
+                out.push_str(&rest[start..start + end + 2]);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A validated peers file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeersFile {
@@ -160,8 +188,9 @@ impl PeersFile {
                 message,
             }
         };
-        let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), e.message().into()))?;
-        validate(raw).map_err(|Located { span, message }| err(Some(span), message))
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| err(e.span(), clip_quoted(e.message())))?;
+        validate(raw).map_err(|Located { span, message }| err(Some(span), clip_quoted(&message)))
     }
 
     pub fn route_count(&self) -> usize {
@@ -494,6 +523,14 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
                 ),
             });
         }
+        if tunnel.local == Some(a) {
+            return Err(Located {
+                span,
+                message: format!(
+                    "[tunnel] address {a} is the [tunnel] local address: the tunnel address lives inside the tunnel, the local address outside it"
+                ),
+            });
+        }
         if let Some(net) = covering(a) {
             return Err(Located {
                 span,
@@ -608,6 +645,26 @@ pub fn check_interface_name(name: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn long_quoted_values_in_parser_messages_are_cut() {
+        let long = "x".repeat(50_000);
+        let msg = format!("invalid type: string \"{long}\", expected a boolean");
+        let cut = clip_quoted(&msg);
+        assert_eq!(
+            cut,
+            format!(
+                "invalid type: string \"{}\"… (50000 bytes), expected a boolean",
+                &long[..64]
+            )
+        );
+        assert_eq!(
+            clip_quoted("unknown field `mtu`, expected `ttl`"),
+            "unknown field `mtu`, expected `ttl`"
+        );
+        assert_eq!(clip_quoted("unbalanced \"quote"), "unbalanced \"quote");
+    }
+
     use super::*;
 
     const SEED: &str = r#"

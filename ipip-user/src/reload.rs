@@ -99,6 +99,12 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
     if address.map(Some) != attached_address {
         needs_attach("[tunnel] address")?;
     }
+    crate::attach::refuse_routes_over_local(
+        &file,
+        Ipv4Addr::from(tunnel.local),
+        interface,
+        peers_path,
+    )?;
     let lans = crate::pins::lan_links(&dir);
     if let Some(l) = file.tunnel.lan.iter().find(|l| !lans.contains(l)) {
         needs_attach(&format!("[tunnel] lan ({l} is not attached)"))?;

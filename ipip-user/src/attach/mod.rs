@@ -22,7 +22,7 @@ use crate::{
     netif::Netlink,
     pins::{ensure_bpffs, PinDir},
 };
-pub use prepare::next_hop;
+pub use prepare::{next_hop, refuse_routes_over_local};
 pub use teardown::{detach, Detached};
 
 /// Announces a lifecycle step (`RUST_LOG=ipip_user::step=debug` shows them): the kill tests

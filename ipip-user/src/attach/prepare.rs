@@ -58,6 +58,9 @@ pub(super) async fn prepare(nl: &Netlink, req: &AttachRequest<'_>) -> Result<Pre
             .link(name)
             .await
             .with_context(|| format!("LAN interface {name}"))?;
+        if lan.loopback {
+            bail!("LAN interface {name} is the loopback device: a LAN interface faces the hosts the gateway forwards for");
+        }
         if let Some(kind) = &lan.not_ethernet {
             bail!("LAN interface {name} has no Ethernet framing (link layer {kind}): the fast path forwards Ethernet frames");
         }
@@ -139,17 +142,7 @@ pub(super) async fn prepare(nl: &Netlink, req: &AttachRequest<'_>) -> Result<Pre
     };
     // The file could only check an explicit [tunnel] local; the interface's own address must
     // stay outside the routes too, or the tunnel's packets would be routed into it.
-    if let Some((peer, net)) = file
-        .peers
-        .iter()
-        .find_map(|p| p.routes.iter().find(|r| r.contains(&local)).map(|r| (p, r)))
-    {
-        bail!(
-            "{}: route {net} of peer {} contains {local}, {interface}'s address that the tunnel sends from: the tunnel would route its own packets into itself",
-            peers_path.display(),
-            peer.name
-        );
-    }
+    refuse_routes_over_local(&file, local, interface, peers_path)?;
     let mut next_hops = Vec::with_capacity(file.peers.len());
     for peer in &file.peers {
         next_hops.push(next_hop(nl, &link, peer).await?);
@@ -255,6 +248,29 @@ fn refuse_foreign_programs(link: &Link) -> Result<()> {
         bail!(
             "{iface} already runs ipip's programs (TC ingress program id {}) that no attachment in this network namespace owns: it was attached in another namespace and moved here. Run `ipip-user detach {iface}` in the namespace it came from (its `ipip-user status` says \"moved\"), or, if that namespace is gone, `ipip-user prune`",
             ours.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The file could only check an explicit [tunnel] local; the interface's own address must
+/// stay outside the routes too, or the tunnel's packets would be routed into it. Attach and
+/// reload both check it.
+pub fn refuse_routes_over_local(
+    file: &PeersFile,
+    local: Ipv4Addr,
+    interface: &str,
+    peers_path: &std::path::Path,
+) -> Result<()> {
+    if let Some((peer, net)) = file
+        .peers
+        .iter()
+        .find_map(|p| p.routes.iter().find(|r| r.contains(&local)).map(|r| (p, r)))
+    {
+        bail!(
+            "{}: route {net} of peer {} contains {local}, {interface}'s address that the tunnel sends from: the tunnel would route its own packets into itself",
+            peers_path.display(),
+            peer.name
         );
     }
     Ok(())
