@@ -97,8 +97,7 @@ fn log_describes_each_drop_with_its_addresses() -> Result<()> {
     let t = HostToHost::new(Underlay::Direct)?;
     let ipip = IpipUser::new()?;
     let (d, c) = (&t.doolittle, &t.calculon);
-    ipip.attach(&d.ns, d.iface, &d.peers)?;
-    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    t.tunnel_up(&ipip)?;
     wait_drop_log(&ipip, d, false)?;
     let text_log = start_log(&ipip, d, &["--seconds", "4"])?;
     let json_log = start_log(&ipip, d, &["--seconds", "4", "--json"])?;
@@ -662,8 +661,7 @@ fn reload_changes_peers_and_routes_without_losing_a_packet() -> Result<()> {
     let t = HostToHost::new(Underlay::Direct)?;
     let ipip = IpipUser::new()?;
     let (d, c) = (&t.doolittle, &t.calculon);
-    ipip.attach(&d.ns, d.iface, &d.peers)?;
-    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    t.tunnel_up(&ipip)?;
     let file = |extra_route: bool, bender: bool, ttl: &str| -> Result<String> {
         let extra: &[&str] = if extra_route { &["10.10.10.0/24"] } else { &[] };
         let bender: &[&str] = if bender { &["10.0.3.0/24"] } else { &[] };

@@ -350,8 +350,7 @@ fn stats_json_follows_its_schema() -> Result<()> {
     let t = HostToHost::new(Underlay::Direct)?;
     let ipip = IpipUser::new()?;
     let (d, c) = (&t.doolittle, &t.calculon);
-    ipip.attach(&d.ns, d.iface, &d.peers)?;
-    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    t.tunnel_up(&ipip)?;
     ensure!(ping_ok(&d.ns, d.private, c.private, 3)?, "no traffic");
     let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         workspace_root().join("docs/stats.schema.json"),

@@ -96,6 +96,16 @@ impl HostToHost {
     }
 
     /// The folder holding the peers files.
+    /// Attaches ipip on both hosts with their own peers files: the working tunnel most
+    /// tests start from.
+    pub fn tunnel_up(&self, ipip: &crate::IpipUser) -> Result<()> {
+        for n in [&self.doolittle, &self.calculon] {
+            ipip.attach(&n.ns, n.iface, &n.peers)
+                .with_context(|| format!("attach on {}", n.name))?;
+        }
+        Ok(())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir.0
     }
