@@ -57,11 +57,29 @@ fn clip_quoted(message: &str) -> String {
     out
 }
 
+/// What a fleet attachment is sized for unless `[tunnel] max_peers` / `max_routes` say.
+pub const FLEET_MIN_PEERS: u32 = 1024;
+pub const FLEET_MIN_ROUTES: u32 = 65_536;
+
 /// A validated peers file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeersFile {
     pub tunnel: Tunnel,
     pub peers: Vec<Peer>,
+    /// Peers and prefixes learned from a kernel routing table (`[fleet]`, `ipip-user run`).
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`: follow a kernel routing table that a BGP daemon writes. Each route `PREFIX via
+/// NEXTHOP` there, with NEXTHOP inside `underlay` and PREFIX inside `allowed`, becomes a route
+/// toward peer NEXTHOP (named `fleet-NEXTHOP`). Static peers win over learned ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fleet {
+    pub table: u32,
+    pub underlay: Vec<Ipv4Net>,
+    pub allowed: Vec<Ipv4Net>,
+    /// Full resync period, a safety net under the change notifications.
+    pub resync_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,15 +224,20 @@ impl PeersFile {
             let want = (used as u64 * 2).next_power_of_two();
             want.clamp(u64::from(min), u64::from(max)) as u32
         };
+        // Learned peers and routes come later: a fleet gets room for them up front.
+        let (min_peers, min_routes) = match self.fleet {
+            Some(_) => (FLEET_MIN_PEERS, FLEET_MIN_ROUTES),
+            None => (MIN_PEERS_CAPACITY, MIN_ROUTES_CAPACITY),
+        };
         Capacity {
             peers: self
                 .tunnel
                 .max_peers
-                .unwrap_or_else(|| sized(self.peers.len(), MIN_PEERS_CAPACITY, MAX_PEERS)),
+                .unwrap_or_else(|| sized(self.peers.len(), min_peers, MAX_PEERS)),
             routes: self
                 .tunnel
                 .max_routes
-                .unwrap_or_else(|| sized(self.route_count(), MIN_ROUTES_CAPACITY, MAX_ROUTES)),
+                .unwrap_or_else(|| sized(self.route_count(), min_routes, MAX_ROUTES)),
         }
     }
 }
@@ -249,6 +272,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 struct RawFile {
     #[serde(default)]
     tunnel: Option<RawTunnel>,
+    #[serde(default)]
+    fleet: Option<Spanned<RawFleet>>,
     #[serde(default, rename = "peer")]
     peers: Vec<Spanned<RawPeer>>,
 }
@@ -265,6 +290,15 @@ struct RawTunnel {
     lan: Vec<Spanned<String>>,
     max_peers: Option<Spanned<i64>>,
     max_routes: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    table: Spanned<i64>,
+    underlay: Vec<Spanned<String>>,
+    allowed: Vec<Spanned<String>>,
+    resync_s: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -362,7 +396,8 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
             format!("the limit ({max}; raise [tunnel] {key} up to it)")
         }
     };
-    if raw.peers.is_empty() {
+    let fleet = raw.fleet.as_ref().map(validate_fleet).transpose()?;
+    if raw.peers.is_empty() && fleet.is_none() {
         return Err(Located {
             span: 0..0,
             message: "no [[peer]] sections: add at least one peer with name, remote and routes"
@@ -541,7 +576,80 @@ fn validate(raw: RawFile) -> Result<PeersFile, Located> {
             });
         }
     }
-    Ok(PeersFile { tunnel, peers })
+    Ok(PeersFile {
+        tunnel,
+        peers,
+        fleet,
+    })
+}
+
+fn prefixes_of(list: &[Spanned<String>], what: &str) -> Result<Vec<Ipv4Net>, Located> {
+    let mut out = Vec::with_capacity(list.len());
+    for r in list {
+        let text = r.get_ref().trim();
+        let net: Ipv4Net = text.parse().map_err(|_| {
+            at(
+                r,
+                format!(
+                    "[fleet] {what} {} is not an IPv4 prefix (like \"10.0.0.0/8\")",
+                    shown(text)
+                ),
+            )
+        })?;
+        if net.trunc() != net {
+            return Err(at(
+                r,
+                format!(
+                    "[fleet] {what} {net} has host bits set; did you mean {}?",
+                    net.trunc()
+                ),
+            ));
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
+fn validate_fleet(f: &Spanned<RawFleet>) -> Result<Fleet, Located> {
+    let r = f.get_ref();
+    let table = *r.table.get_ref();
+    // 0 is "unspecified", 253..=255 are the kernel's default, main and local tables.
+    if !(1..=252).contains(&table) && !(256..=u32::MAX as i64).contains(&table) {
+        return Err(at(&r.table, format!("[fleet] table must be a routing table the daemon writes for ipip alone (1..252 or above 255, like 100), not {table}: 0 and 253..255 are the kernel's own (main is 254)")));
+    }
+    let underlay = prefixes_of(&r.underlay, "underlay")?;
+    let allowed = prefixes_of(&r.allowed, "allowed")?;
+    if underlay.is_empty() {
+        return Err(at(f, "[fleet] underlay is empty: list the ranges peers' next hops may be in, like [\"192.0.2.0/24\"]".into()));
+    }
+    if allowed.is_empty() {
+        return Err(at(f, "[fleet] allowed is empty: list the ranges learned prefixes must lie in, like [\"10.0.0.0/8\"]".into()));
+    }
+    if let Some(a) = allowed
+        .iter()
+        .find(|a| underlay.iter().any(|u| u.contains(*a) || a.contains(u)))
+    {
+        return Err(at(f, format!("[fleet] allowed {a} overlaps the underlay: a learned prefix could then cover a peer's own address")));
+    }
+    let resync_s = match &r.resync_s {
+        None => 60,
+        Some(v) if (1..=86_400).contains(v.get_ref()) => *v.get_ref() as u64,
+        Some(v) => {
+            return Err(at(
+                v,
+                format!(
+                    "[fleet] resync_s must be 1..=86400 seconds, not {}",
+                    v.get_ref()
+                ),
+            ))
+        }
+    };
+    Ok(Fleet {
+        table: table as u32,
+        underlay,
+        allowed,
+        resync_s,
+    })
 }
 
 fn validate_tunnel(t: RawTunnel) -> Result<Tunnel, Located> {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod datapath;
 pub mod doctor;
 pub mod droplog;
+pub mod fleet;
 pub mod forward_pmtu;
 pub mod hook;
 pub mod lock;

@@ -139,6 +139,14 @@ async fn dispatch(cmd: Command) -> Result<()> {
                     f.tunnel.tos,
                     if f.tunnel.pmtudisc { "on" } else { "off" }
                 );
+                if let Some(fl) = &f.fleet {
+                    println!(
+                        "fleet: peers learned from routing table {} (next hops in {}, prefixes in {}); needs `ipip-user run`",
+                        fl.table,
+                        fl.underlay.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
+                        fl.allowed.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                }
                 Ok(())
             }
         }

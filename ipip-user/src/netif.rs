@@ -246,6 +246,38 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every IPv4 route in routing table `table`: its prefix and its single next hop
+    /// (`None` for multipath or device routes).
+    pub async fn table_routes(
+        &self,
+        table: u32,
+    ) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>)>, NetError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
+            let id = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if id != table {
+                continue;
+            }
+            let hop = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            if let Some(net) = route_prefix(&r) {
+                out.push((net, hop));
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn del_route(&self, route: RouteMessage) -> Result<(), NetError> {
         let what = format!("removing route {}", describe_route(&route));
         self.handle

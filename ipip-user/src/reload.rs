@@ -60,13 +60,22 @@ pub fn assign_slots(old: &HashMap<String, u32>, new: &[String], capacity: u32) -
 }
 
 pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
+    let file = PeersFile::load(peers_path)?;
+    if file.fleet.is_some() {
+        bail!("{}: has a [fleet] section: its learned peers live in the `ipip-user run` that follows the routing table; reload that one (SIGHUP, `systemctl reload ipip@{interface}`)", peers_path.display());
+    }
+    apply(interface, &file, peers_path).await
+}
+
+/// Applies `file` (read from `peers_path`, named in messages) to the live attachment: what
+/// `reload` does, and what fleet mode does with the static peers plus the learned ones.
+pub async fn apply(interface: &str, file: &PeersFile, peers_path: &Path) -> Result<Reloaded> {
     crate::attach::step("reload", "prepare");
     let dir = PinDir::for_interface(interface)?;
     let _lock = lock::lock(&dir)?;
     if !dir.exists() {
         bail!("{interface} is not attached in this network namespace: `ipip-user attach {interface} --peers {}` first", peers_path.display());
     }
-    let file = PeersFile::load(peers_path)?;
     let nl = Netlink::open()?;
     let mut tunnel = read_tunnel(&dir).with_context(|| {
         format!("{interface}'s attachment is not intact (see `ipip-user status`)")
@@ -100,7 +109,7 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
         needs_attach("[tunnel] address")?;
     }
     crate::attach::refuse_routes_over_local(
-        &file,
+        file,
         Ipv4Addr::from(tunnel.local),
         interface,
         peers_path,
@@ -152,7 +161,7 @@ pub async fn reload(interface: &str, peers_path: &Path) -> Result<Reloaded> {
 
     // The new state, in the old slots.
     let mut plan = Plan::new(
-        &file,
+        file,
         &Underlay {
             ifindex: tunnel.ifindex,
             mtu: link.mtu,

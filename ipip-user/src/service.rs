@@ -11,10 +11,13 @@ use anyhow::{Context as _, Result};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
+use futures::{FutureExt as _, StreamExt as _};
+
 use crate::{
     attach::{self, AttachRequest},
     cli::{DecapArg, XdpModeArg},
     config::PeersFile,
+    fleet,
     pins::PinDir,
     reload, status,
 };
@@ -48,6 +51,42 @@ async fn adoptable(interface: &str) -> Result<bool> {
         .any(|s| s.interface == interface && s.netns == dir.netns && s.health == "ok"))
 }
 
+/// Applies the static `file` (plus, in fleet mode, what the routing table teaches now) to the
+/// attachment. A fleet pass whose result equals `learned` changes nothing unless `force`.
+async fn apply(
+    iface: &str,
+    path: &std::path::Path,
+    file: &PeersFile,
+    learned: &mut fleet::Learned,
+    force: bool,
+) -> Result<reload::Reloaded> {
+    let Some(f) = &file.fleet else {
+        return reload::apply(iface, file, path).await;
+    };
+    let started = std::time::Instant::now();
+    let nl = crate::netif::Netlink::open()?;
+    let local =
+        std::net::Ipv4Addr::from(crate::pins::read_tunnel(&PinDir::for_interface(iface)?)?.local);
+    let routes = nl.table_routes(f.table).await?;
+    let now = fleet::learn(&routes, file, f, local);
+    if !force && now == *learned {
+        return Ok(reload::Reloaded::default());
+    }
+    for r in now.refused.iter().filter(|r| !learned.refused.contains(r)) {
+        log::warn!("{iface}: fleet: refused learned route {r}");
+    }
+    let r = reload::apply(iface, &fleet::merged(file, &now), path).await?;
+    log::info!(
+        "{iface}: fleet: {} peer(s) learned from table {} ({} route(s), {} refused); peers +{} -{}, routes +{} -{} moved {}, in {} ms",
+        now.peers.len(), f.table, routes.len(), now.refused.len(),
+        r.peers_added.len(), r.peers_removed.len(), r.routes_added, r.routes_removed, r.routes_moved,
+        started.elapsed().as_millis()
+    );
+    fleet::record(iface, &now)?;
+    *learned = now;
+    Ok(r)
+}
+
 pub async fn run(o: &RunOptions) -> Result<()> {
     let iface = &o.interface;
     // Signals are caught from the start: a SIGTERM during attach is handled after it.
@@ -58,8 +97,10 @@ pub async fn run(o: &RunOptions) -> Result<()> {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
+    let mut learned = fleet::Learned::default();
+    let mut file = PeersFile::load(&o.peers)?;
     if adoptable(iface).await? {
-        let r = reload::reload(iface, &o.peers).await?;
+        let r = apply(iface, &o.peers, &file, &mut learned, true).await?;
         log::info!(
             "{iface}: adopted the existing attachment ({} peer(s) added, {} removed, {} changed)",
             r.peers_added.len(),
@@ -67,7 +108,6 @@ pub async fn run(o: &RunOptions) -> Result<()> {
             r.peers_changed.len()
         );
     } else {
-        PeersFile::load(&o.peers)?;
         let a = attach::attach(&AttachRequest {
             interface: iface,
             peers: &o.peers,
@@ -84,6 +124,16 @@ pub async fn run(o: &RunOptions) -> Result<()> {
             a.tunnel_mtu
         );
     }
+    // Fleet mode: learn from the routing table now, then on every change and periodically.
+    if file.fleet.is_some() {
+        apply(iface, &o.peers, &file, &mut learned, true).await?;
+    }
+    let mut hints: Box<dyn futures::Stream<Item = ()> + Unpin> = match &file.fleet {
+        Some(_) => Box::new(fleet::subscribe()?),
+        None => Box::new(futures::stream::pending()),
+    };
+    let resync = std::time::Duration::from_secs(file.fleet.as_ref().map_or(3600, |f| f.resync_s));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     let server = async {
         match metrics {
             Some(l) => {
@@ -103,7 +153,14 @@ pub async fn run(o: &RunOptions) -> Result<()> {
                 let mut states = vec![NotifyState::Reloading];
                 states.extend(NotifyState::monotonic_usec_now().ok());
                 notify(&states);
-                let status = match reload::reload(iface, &o.peers).await {
+                let reloaded = match PeersFile::load(&o.peers) {
+                    Ok(f) => {
+                        file = f;
+                        apply(iface, &o.peers, &file, &mut learned, true).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let status = match reloaded {
                     Ok(r) => {
                         log::info!(
                             "{iface}: reloaded {}: {} peer(s) added, {} removed, {} changed; routes {} added, {} removed, {} moved",
@@ -121,6 +178,19 @@ pub async fn run(o: &RunOptions) -> Result<()> {
                     }
                 };
                 notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            }
+            Some(()) = hints.next() => {
+                // A burst of changes (a BGP session coming up) becomes one resync.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                while hints.next().now_or_never().flatten().is_some() {}
+                if let Err(e) = apply(iface, &o.peers, &file, &mut learned, false).await {
+                    log::error!("{iface}: fleet sync failed: {e:#}; retried on the next change or in {} s", resync.as_secs());
+                }
+            }
+            _ = tick.tick(), if file.fleet.is_some() => {
+                if let Err(e) = apply(iface, &o.peers, &file, &mut learned, false).await {
+                    log::error!("{iface}: fleet resync failed: {e:#}");
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use ipip_common::{TUNNEL_FLAG_LOG_DROPS, TUNNEL_FLAG_XDP_GENERIC};
 
@@ -45,6 +45,9 @@ pub struct Status {
     pub drop_log: bool,
     /// The pinned programs, as the kernel reports them.
     pub programs: Vec<Program>,
+    /// Fleet mode: the peers learned from the routing table and the routes refused, as the
+    /// `run` following it last wrote them.
+    pub fleet: Option<serde_json::Value>,
 }
 
 /// Why this process can't see attachments at all, if it can't: bpffs hidden (`ip netns
@@ -72,9 +75,13 @@ pub async fn collect() -> Result<Vec<Status>> {
     let nl = Netlink::open()?;
     let mut out = Vec::new();
     for dir in PinDir::list()? {
-        out.push(one(&nl, &dir).await?);
+        out.push(
+            one(&nl, &dir)
+                .await
+                .with_context(|| format!("reading {}", dir.path.display()))?,
+        );
     }
-    for dir in orphaned()? {
+    for dir in orphaned().context("listing the pin folders of other namespaces")? {
         let mut s = blank(&dir);
         s.health = "orphaned";
         s.state = format!(
@@ -117,6 +124,9 @@ fn blank(dir: &PinDir) -> Status {
             .collect(),
         drop_log: false,
         programs: Vec::new(),
+        fleet: std::fs::read_to_string(crate::fleet::record_path(dir))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok()),
     }
 }
 

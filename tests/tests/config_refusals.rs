@@ -145,8 +145,6 @@ fn long_value() -> (String, String) {
     (value, shown)
 }
 
-const TOOL_NEEDS_LOCAL: &str = "address = \"10.0.1.1/24\"";
-
 fn cases() -> Vec<Case> {
     let (long, shown) = long_value();
     let ttl_msg = |v: &str| format!("[tunnel] ttl must be \"inherit\" or a number 1..255, not {v}");
@@ -168,7 +166,7 @@ fn cases() -> Vec<Case> {
     vec![
         // TOML syntax.
         case("empty file", "", at(1, 1, "no [[peer]] sections: add at least one peer with name, remote and routes")),
-        case("two equals signs", format!("[tunnel]\n{TOOL_NEEDS_LOCAL}\nttl = = 3\n{CALCULON}"), at(3, 7, "extra `=`, expected nothing")),
+        case("two equals signs", tunnel("address = \"10.0.1.1/24\"\nttl = = 3"), at(3, 7, "extra `=`, expected nothing")),
         case("unclosed array", "[[peer]]\nname = \"calculon\"\nremote = \"192.0.2.129\"\nroutes = [\"10.0.2.0/24\"\n", at(4, 24, "unclosed array, expected `]`")),
         case("unterminated string", "[[peer]]\nname = \"calculon\nremote = \"192.0.2.129\"\nroutes = [\"10.0.2.0/24\"]\n", at(2, 17, "invalid basic string, expected `\"`")),
         case("unquoted address", tunnel("local = 192.0.2.58"), at(2, 14, "invalid float, expected nothing")),
@@ -179,7 +177,7 @@ fn cases() -> Vec<Case> {
         case("unknown [tunnel] key", tunnel("bogus = 1"), at(2, 1, &format!("unknown field `bogus`, {tunnel_keys}"))),
         case("mtu is no setting", tunnel("mtu = 1400"), at(2, 1, &format!("unknown field `mtu`, {tunnel_keys}"))),
         case("unknown peer key", format!("{CALCULON}colour = \"blue\"\n"), at(5, 1, "unknown field `colour`, expected one of `name`, `remote`, `routes`")),
-        case("[[peers]] for [[peer]]", CALCULON.replace("[[peer]]", "[[peers]]"), at(1, 3, "unknown field `peers`, expected `tunnel` or `peer`")),
+        case("[[peers]] for [[peer]]", CALCULON.replace("[[peer]]", "[[peers]]"), at(1, 3, "unknown field `peers`, expected one of `tunnel`, `fleet`, `peer`")),
         // Wrong types.
         case("[peer] for [[peer]]", CALCULON.replace("[[peer]]", "[peer]"), at(1, 1, "invalid type: map, expected a sequence")),
         case("[[tunnel]] for [tunnel]", format!("[[tunnel]]\n{CALCULON}"), at(1, 1, "invalid type: map, expected a string")),
@@ -297,6 +295,12 @@ fn cases() -> Vec<Case> {
         case("reload: peer unreachable", format!("{}{}", tunnel(attached_file), peer("far", "198.51.100.1", "\"10.0.9.0/24\"")), "error: peer far (198.51.100.1) is unreachable: netlink: looking up the route to 198.51.100.1: Received a netlink error message Network is unreachable (os error 101)").reload("eth0").attached(),
         case("reload: syntax error", "[tunnel\n", at(1, 8, "unclosed table, expected `]`")).reload("eth0").attached(),
         case("reload: a FIFO", Input::Fifo, not_regular).reload("eth0").attached(),
+        // [fleet].
+        case("fleet in the main table", "[fleet]\ntable = 254\nunderlay = [\"192.0.2.0/24\"]\nallowed = [\"10.0.0.0/8\"]\n", at(2, 9, "[fleet] table must be a routing table the daemon writes for ipip alone (1..252 or above 255, like 100), not 254: 0 and 253..255 are the kernel's own (main is 254)")),
+        case("fleet allowing nothing", "[fleet]\ntable = 100\nunderlay = [\"192.0.2.0/24\"]\nallowed = []\n", at(1, 1, "[fleet] allowed is empty: list the ranges learned prefixes must lie in, like [\"10.0.0.0/8\"]")),
+        case("fleet allowing the underlay", "[fleet]\ntable = 100\nunderlay = [\"192.0.2.0/24\"]\nallowed = [\"192.0.0.0/8\"]\n", at(1, 1, "[fleet] allowed 192.0.0.0/8 overlaps the underlay: a learned prefix could then cover a peer's own address")),
+        case("fleet underlay with host bits", "[fleet]\ntable = 100\nunderlay = [\"192.0.2.1/24\"]\nallowed = [\"10.0.0.0/8\"]\n", at(3, 13, "[fleet] underlay 192.0.2.1/24 has host bits set; did you mean 192.0.2.0/24?")),
+        case("reload of a fleet file", format!("{}[fleet]\ntable = 100\nunderlay = [\"192.0.2.0/24\"]\nallowed = [\"10.0.0.0/8\"]\n", tunnel(attached_file)), "error: {file}: has a [fleet] section: its learned peers live in the `ipip-user run` that follows the routing table; reload that one (SIGHUP, `systemctl reload ipip@eth0`)").reload("eth0").attached(),
         // Fixed after this table first found them accepted or echoing 50 kB.
         case("address is local", tunnel("local = \"192.0.2.58\"\naddress = \"192.0.2.58/24\""), at(3, 11, "[tunnel] address 192.0.2.58 is the [tunnel] local address: the tunnel address lives inside the tunnel, the local address outside it")),
         case("reload: route containing eth0's address", routes("\"10.0.2.0/24\", \"192.0.2.0/26\"").replace("[[peer]]", "[tunnel]\naddress = \"10.0.1.1/24\"\n[[peer]]"), "error: {file}: route 192.0.2.0/26 of peer calculon contains 192.0.2.58, eth0's address that the tunnel sends from: the tunnel would route its own packets into itself").reload("eth0").attached(),

@@ -21,8 +21,9 @@ const DEMO_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
 ];
 /// What only the tests (and the Linux-peer demo) add: the guest's emulator, strace for
-/// SIGKILL at a chosen syscall, systemd-analyze for the unit file test.
-const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "strace", "systemd"];
+/// SIGKILL at a chosen syscall, systemd-analyze for the unit file test, BIRD 2 for the fleet
+/// test (its service is never started: the test runs its own).
+const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "strace", "systemd", "bird2"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Everything the tests need: the demo's setup, the test packages, and the Linux guest.

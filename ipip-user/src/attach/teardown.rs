@@ -120,6 +120,7 @@ pub async fn detach(interface: &str) -> Result<Detached> {
         bail!("{interface} is not attached in this network namespace (nothing under {}); `ipip-user status` lists what is", dir.path.display());
     }
     let mut done = clean(&nl, &dir).await?;
+    let _ = std::fs::remove_file(crate::fleet::record_path(&dir));
     done.interrupted_attach_removed = interrupted;
     done.interrupted_detach_finished = interrupted_detach;
     Ok(done)

@@ -64,7 +64,11 @@ pub fn orphaned() -> io::Result<Vec<PinDir>> {
     let live = live_namespaces();
     let mut out = Vec::new();
     for (ino, path) in folders.into_iter().filter(|(ino, _)| !live.contains(ino)) {
-        for e in std::fs::read_dir(&path)?.flatten() {
+        // Gone meanwhile (its last attachment detached): nothing to list.
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for e in entries.flatten() {
             out.push(PinDir {
                 path: e.path(),
                 interface: e.file_name().to_string_lossy().into_owned(),
@@ -83,7 +87,7 @@ pub fn prune() -> io::Result<Vec<String>> {
     let mut done = Vec::new();
     for dir in orphaned()? {
         dir.remove_contents()?;
-        for suffix in ["lock", "log"] {
+        for suffix in ["lock", "log", "fleet.json"] {
             let lock = std::path::Path::new(crate::lock::LOCK_DIR)
                 .join(format!("net{}-{}.{suffix}", dir.netns, dir.interface));
             let _ = std::fs::remove_file(lock);
