@@ -22,6 +22,23 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Held for as long as the command runs.
 pub struct InterfaceLock {
     _lock: Flock<File>,
+    path: std::path::PathBuf,
+}
+
+impl InterfaceLock {
+    /// Removes the lock file (detach, when nothing is left to guard); commands waiting for
+    /// it notice and lock a fresh one.
+    pub fn remove_file(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 /// Takes the lock of `dir`'s interface, waiting (boundedly) while another command holds it.
@@ -38,7 +55,10 @@ pub fn lock(dir: &PinDir) -> Result<InterfaceLock> {
             .open(&path)
             .with_context(|| format!("opening the lock file {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(InterfaceLock { _lock: lock }),
+            // The last detach removes the file while holding it: a lock on a file that is no
+            // longer at the path guards nothing, so take the one that is there now.
+            Ok(lock) if !same_file(&lock, &path) => continue,
+            Ok(lock) => return Ok(InterfaceLock { _lock: lock, path }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                 if started.elapsed() > WAIT {
                     bail!(

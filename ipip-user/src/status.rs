@@ -253,6 +253,21 @@ pub fn render(all: &[Status]) -> String {
             },
             s.pin_dir
         );
+        if let Some(f) = &s.fleet {
+            let names: Vec<&str> = f["learned_peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            let _ = writeln!(
+                o,
+                "  fleet: {} learned peer(s) {}; {} route(s) refused (static peers win)",
+                names.len(),
+                names.join(", "),
+                f["refused"].as_array().map_or(0, Vec::len)
+            );
+        }
     }
     o
 }

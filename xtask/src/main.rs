@@ -80,6 +80,9 @@ fn lab(what: &str, args: &[String]) -> anyhow::Result<()> {
             setup::setup()?;
         } else {
             setup::demo()?;
+            if args.iter().any(|a| a.contains("fleet")) {
+                setup::bird()?;
+            }
         }
         println!("==> building the workspace (the first time several minutes, then seconds)");
         cmd::cargo(&["build", "--workspace"])?;

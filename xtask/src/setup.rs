@@ -34,6 +34,11 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// The fleet scenario's BGP daemon.
+pub fn bird() -> Result<()> {
+    apt_packages(&["bird2"])
+}
+
 /// What `cargo xtask run` and `bench` need: no emulator, no guest (the `linux-peer`
 /// scenario adds them, see [`setup`]).
 pub fn demo() -> Result<()> {

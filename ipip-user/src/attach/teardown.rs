@@ -94,7 +94,7 @@ pub struct Detached {
 
 pub async fn detach(interface: &str) -> Result<Detached> {
     let dir = PinDir::for_interface(interface)?;
-    let _lock = lock::lock(&dir)?;
+    let held = lock::lock(&dir)?;
     super::step("detach", "prepare");
     let nl = Netlink::open()?;
     let staging = dir.staging();
@@ -121,6 +121,7 @@ pub async fn detach(interface: &str) -> Result<Detached> {
     }
     let mut done = clean(&nl, &dir).await?;
     let _ = std::fs::remove_file(crate::fleet::record_path(&dir));
+    held.remove_file();
     done.interrupted_attach_removed = interrupted;
     done.interrupted_detach_finished = interrupted_detach;
     Ok(done)

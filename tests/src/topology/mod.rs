@@ -1,9 +1,10 @@
 //! The seed's topologies rebuilt in network namespaces: §4 host to host ([`host`]), §5
 //! desktop to cluster ([`cluster`]), §6 gateway to gateway ([`gateways`]), and the building
-//! blocks they share ([`build`]).
+//! blocks they share ([`build`]); a BGP-fed fleet of sites ([`fleet`]).
 
 pub mod build;
 pub mod cluster;
+pub mod fleet;
 pub mod gateways;
 pub mod host;
 pub mod routed;

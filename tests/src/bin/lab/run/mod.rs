@@ -2,6 +2,7 @@
 //! ([`host`]), §5 desktop to cluster ([`cluster`]), §6 gateway to gateway ([`gateways`]).
 
 mod cluster;
+mod fleet;
 mod gateways;
 mod host;
 
@@ -27,6 +28,9 @@ pub enum Scenario {
     /// Seed §4 with calculon a stock Linux box (Debian's kernel under qemu, `ip tunnel add
     /// tunl1 mode ipip`) and doolittle our endpoint.
     LinuxPeer,
+    /// Seed §6 at scale: sites that learn each other's prefixes from BGP (BIRD 2 and a
+    /// route reflector) with `ipip-user run` in fleet mode.
+    Fleet,
 }
 
 #[derive(Args)]
@@ -45,7 +49,12 @@ pub struct RunArgs {
 
 pub fn run(args: &RunArgs) -> Result<()> {
     ipip_tests::require_root()?;
-    if args.fast_path && matches!(args.scenario, Scenario::Host | Scenario::LinuxPeer) {
+    if args.fast_path
+        && matches!(
+            args.scenario,
+            Scenario::Host | Scenario::LinuxPeer | Scenario::Fleet
+        )
+    {
         anyhow::bail!(
             "--fast-path needs a gateway: use it with --scenario cluster or --scenario gateways \
              (in the host scenario nobody forwards)"
@@ -61,6 +70,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         Scenario::Cluster => cluster::run(args.keep, path),
         Scenario::Gateways => gateways::run(args.keep, path),
         Scenario::LinuxPeer => crate::guest::run_linux_peer(args.keep),
+        Scenario::Fleet => fleet::run(args.keep),
     }
 }
 
