@@ -3,6 +3,7 @@
 
 mod chart;
 mod e2e;
+mod fleet;
 mod prog;
 mod report;
 mod scale;
@@ -43,6 +44,8 @@ pub enum Part {
     Gateways,
     /// Check/attach/detach and per-packet cost as peers and routes grow.
     Scale,
+    /// Fleet mode: following a routing table, and sites with BIRD.
+    Fleet,
 }
 
 /// How long and how often: full or `--quick`.
@@ -106,6 +109,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let scale = wanted(Part::Scale)
         .then(|| scale::scale(args.quick))
         .transpose()?;
+    let fleet = wanted(Part::Fleet)
+        .then(|| fleet::fleet(args.quick))
+        .transpose()?;
     let results = report::Results {
         machine,
         plan,
@@ -113,6 +119,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         host_to_host: host,
         gateway_line: line,
         scale,
+        fleet,
     };
     let dir = args.out.join(report::timestamp());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

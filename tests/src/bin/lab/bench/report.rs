@@ -45,6 +45,9 @@ pub struct Results {
     pub host_to_host: Option<Series>,
     pub gateway_line: Option<Series>,
     pub scale: Option<Scale>,
+    /// Absent from older results.
+    #[serde(default)]
+    pub fleet: Option<super::fleet::FleetBench>,
 }
 
 /// UTC `YYYYMMDDTHHMMSSZ`, for the results folder's name.
@@ -149,6 +152,9 @@ impl Results {
         }
         if let Some(s) = &self.scale {
             scale_markdown(&mut md, s);
+        }
+        if let Some(f) = &self.fleet {
+            super::fleet::markdown(&mut md, f);
         }
         md
     }
