@@ -37,6 +37,41 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What to attach, and how: shared by `attach` and `run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AttachOpts {
+    /// Underlay interface (the one that reaches the peers).
+    pub interface: String,
+    /// Peers file (TOML): [tunnel] settings and one [[peer]] per remote endpoint.
+    #[arg(long, short, value_name = "FILE")]
+    pub peers: PathBuf,
+    /// Where to decapsulate. auto (the default) picks per interface and says why: TC
+    /// ingress on veth and devices without native XDP (keeps GSO and GRO-merged
+    /// packets), XDP on NICs with native XDP and with the fast path (--lan).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub decap: DecapArg,
+    /// XDP attach mode (with --decap xdp).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: XdpModeArg,
+    /// A gateway's LAN interface that gets the XDP fast path (repeatable; the peers
+    /// file's [tunnel] lan adds more). Forwarded traffic is then encapsulated and
+    /// decapsulated in XDP with bpf_fib_lookup + XDP_REDIRECT.
+    #[arg(long, value_name = "IFACE")]
+    pub lan: Vec<String>,
+}
+
+impl AttachOpts {
+    pub fn request(&self) -> crate::attach::AttachRequest<'_> {
+        crate::attach::AttachRequest {
+            interface: &self.interface,
+            peers: &self.peers,
+            decap: self.decap,
+            xdp_mode: self.xdp_mode,
+            lans: &self.lan,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Attach the data path to an underlay interface, fill it from a peers file, install
@@ -45,24 +80,8 @@ pub enum Command {
         after_help = "Examples:\n  ipip-user attach eth0 --peers /etc/ipip/peers.toml\n  ipip-user attach eth0 --peers peers.toml --lan eth1     # gateway with the XDP fast path"
     )]
     Attach {
-        /// Underlay interface (the one that reaches the peers).
-        interface: String,
-        /// Peers file (TOML): [tunnel] settings and one [[peer]] per remote endpoint.
-        #[arg(long, short, value_name = "FILE")]
-        peers: PathBuf,
-        /// Where to decapsulate. auto (the default) picks per interface and says why: TC
-        /// ingress on veth and devices without native XDP (keeps GSO and GRO-merged
-        /// packets), XDP on NICs with native XDP and with the fast path (--lan).
-        #[arg(long, value_enum, default_value = "auto")]
-        decap: DecapArg,
-        /// XDP attach mode (with --decap xdp).
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: XdpModeArg,
-        /// A gateway's LAN interface that gets the XDP fast path (repeatable; the peers
-        /// file's [tunnel] lan adds more). Forwarded traffic is then encapsulated and
-        /// decapsulated in XDP with bpf_fib_lookup + XDP_REDIRECT.
-        #[arg(long, value_name = "IFACE")]
-        lan: Vec<String>,
+        #[command(flatten)]
+        target: AttachOpts,
         /// Print what was done as JSON.
         #[arg(long)]
         json: bool,
@@ -74,15 +93,8 @@ pub enum Command {
         after_help = "Examples:\n  ipip-user run eth0 --peers /etc/ipip/eth0.toml --metrics 127.0.0.1:9156\n  systemctl start ipip@eth0     # the unit in contrib/systemd runs exactly this\n\nThe data path is pinned and does not depend on this process: if it dies, traffic keeps\nflowing and the next `run` adopts the attachment. --keep-on-exit leaves it attached on\nSIGTERM too (for restarts that must not drop a packet)."
     )]
     Run {
-        interface: String,
-        #[arg(long, short, value_name = "FILE")]
-        peers: PathBuf,
-        #[arg(long, value_enum, default_value = "auto")]
-        decap: DecapArg,
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: XdpModeArg,
-        #[arg(long, value_name = "IFACE")]
-        lan: Vec<String>,
+        #[command(flatten)]
+        target: AttachOpts,
         /// Serve Prometheus metrics on ADDR (host:port), at /metrics.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,

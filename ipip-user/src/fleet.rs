@@ -18,7 +18,7 @@ use ipnet::Ipv4Net;
 
 use crate::{
     config::{Fleet, Peer, PeersFile},
-    netif::{NetError, Netlink},
+    netif::NetError,
 };
 
 /// Peer name of a learned next hop.
@@ -114,14 +114,6 @@ pub fn merged(file: &PeersFile, learned: &Learned) -> PeersFile {
     let mut f = file.clone();
     f.peers.extend(learned.peers.iter().cloned());
     f
-}
-
-/// Every IPv4 route of `table`: destination and single next hop.
-pub async fn table_routes(
-    nl: &Netlink,
-    table: u32,
-) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>)>, NetError> {
-    nl.table_routes(table).await
 }
 
 /// A netlink socket subscribed to IPv4 route changes: every message that arrives is a hint

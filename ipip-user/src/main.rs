@@ -150,25 +150,11 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 Ok(())
             }
         }
-        Command::Attach {
-            interface,
-            peers,
-            decap,
-            xdp_mode,
-            lan,
-            json,
-        } => {
+        Command::Attach { target, json } => {
             // The file is checked first: a bad file is reported the same way for everyone.
-            PeersFile::load(&peers)?;
+            PeersFile::load(&target.peers)?;
             require_admin("attach")?;
-            let a = attach::attach(&attach::AttachRequest {
-                interface: &interface,
-                peers: &peers,
-                decap,
-                xdp_mode,
-                lans: &lan,
-            })
-            .await?;
+            let a = attach::attach(&target.request()).await?;
             if json {
                 return print_json(&a);
             }
@@ -314,22 +300,14 @@ async fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::LogGuard { interface } => ipip_user::droplog::guard(&interface),
         Command::Run {
-            interface,
-            peers,
-            decap,
-            xdp_mode,
-            lan,
+            target,
             metrics,
             keep_on_exit,
         } => {
-            PeersFile::load(&peers)?;
+            PeersFile::load(&target.peers)?;
             require_admin("run")?;
             ipip_user::service::run(&ipip_user::service::RunOptions {
-                interface,
-                peers,
-                decap,
-                xdp_mode,
-                lans: lan,
+                target,
                 metrics,
                 keep_on_exit,
             })

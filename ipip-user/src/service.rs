@@ -5,7 +5,7 @@
 //! and does not depend on this process: if it crashes, traffic keeps flowing, and the next
 //! `run` adopts the attachment.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 use sd_notify::NotifyState;
@@ -13,21 +13,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use futures::{FutureExt as _, StreamExt as _};
 
-use crate::{
-    attach::{self, AttachRequest},
-    cli::{DecapArg, XdpModeArg},
-    config::PeersFile,
-    fleet,
-    pins::PinDir,
-    reload, status,
-};
+use crate::{attach, cli::AttachOpts, config::PeersFile, fleet, pins::PinDir, reload, status};
 
 pub struct RunOptions {
-    pub interface: String,
-    pub peers: PathBuf,
-    pub decap: DecapArg,
-    pub xdp_mode: XdpModeArg,
-    pub lans: Vec<String>,
+    pub target: AttachOpts,
     pub metrics: Option<SocketAddr>,
     pub keep_on_exit: bool,
 }
@@ -88,7 +77,7 @@ async fn apply(
 }
 
 pub async fn run(o: &RunOptions) -> Result<()> {
-    let iface = &o.interface;
+    let (iface, peers) = (&o.target.interface, &o.target.peers);
     // Signals are caught from the start: a SIGTERM during attach is handled after it.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -98,9 +87,9 @@ pub async fn run(o: &RunOptions) -> Result<()> {
         None => None,
     };
     let mut learned = fleet::Learned::default();
-    let mut file = PeersFile::load(&o.peers)?;
+    let mut file = PeersFile::load(peers)?;
     if adoptable(iface).await? {
-        let r = apply(iface, &o.peers, &file, &mut learned, true).await?;
+        let r = apply(iface, peers, &file, &mut learned, true).await?;
         log::info!(
             "{iface}: adopted the existing attachment ({} peer(s) added, {} removed, {} changed)",
             r.peers_added.len(),
@@ -108,14 +97,7 @@ pub async fn run(o: &RunOptions) -> Result<()> {
             r.peers_changed.len()
         );
     } else {
-        let a = attach::attach(&AttachRequest {
-            interface: iface,
-            peers: &o.peers,
-            decap: o.decap,
-            xdp_mode: o.xdp_mode,
-            lans: &o.lans,
-        })
-        .await?;
+        let a = attach::attach(&o.target.request()).await?;
         log::info!(
             "{iface}: attached, decap {}, {} peer(s), {} route(s), tunnel MTU {}",
             a.decap,
@@ -126,7 +108,7 @@ pub async fn run(o: &RunOptions) -> Result<()> {
     }
     // Fleet mode: learn from the routing table now, then on every change and periodically.
     if file.fleet.is_some() {
-        apply(iface, &o.peers, &file, &mut learned, true).await?;
+        apply(iface, peers, &file, &mut learned, true).await?;
     }
     let mut hints: Box<dyn futures::Stream<Item = ()> + Unpin> = match &file.fleet {
         Some(_) => Box::new(fleet::subscribe()?),
@@ -144,7 +126,7 @@ pub async fn run(o: &RunOptions) -> Result<()> {
         }
     };
     tokio::pin!(server);
-    let ready = format!("attached to {iface} ({})", o.peers.display());
+    let ready = format!("attached to {iface} ({})", peers.display());
     notify(&[NotifyState::Ready, NotifyState::Status(&ready)]);
     loop {
         tokio::select! {
@@ -153,10 +135,10 @@ pub async fn run(o: &RunOptions) -> Result<()> {
                 let mut states = vec![NotifyState::Reloading];
                 states.extend(NotifyState::monotonic_usec_now().ok());
                 notify(&states);
-                let reloaded = match PeersFile::load(&o.peers) {
+                let reloaded = match PeersFile::load(peers) {
                     Ok(f) => {
                         file = f;
-                        apply(iface, &o.peers, &file, &mut learned, true).await
+                        apply(iface, peers, &file, &mut learned, true).await
                     }
                     Err(e) => Err(e.into()),
                 };
@@ -164,7 +146,7 @@ pub async fn run(o: &RunOptions) -> Result<()> {
                     Ok(r) => {
                         log::info!(
                             "{iface}: reloaded {}: {} peer(s) added, {} removed, {} changed; routes {} added, {} removed, {} moved",
-                            o.peers.display(),
+                            peers.display(),
                             r.peers_added.len(), r.peers_removed.len(), r.peers_changed.len(),
                             r.routes_added, r.routes_removed, r.routes_moved
                         );
@@ -173,7 +155,7 @@ pub async fn run(o: &RunOptions) -> Result<()> {
                     Err(e) => {
                         // A bad file is refused before anything changes; a failure while
                         // applying leaves what was applied, which the next reload completes.
-                        log::error!("{iface}: reload of {} failed: {e:#}; still serving, fix the file and send SIGHUP again", o.peers.display());
+                        log::error!("{iface}: reload of {} failed: {e:#}; still serving, fix the file and send SIGHUP again", peers.display());
                         format!("reload failed: {e:#}")
                     }
                 };
@@ -183,12 +165,12 @@ pub async fn run(o: &RunOptions) -> Result<()> {
                 // A burst of changes (a BGP session coming up) becomes one resync.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 while hints.next().now_or_never().flatten().is_some() {}
-                if let Err(e) = apply(iface, &o.peers, &file, &mut learned, false).await {
+                if let Err(e) = apply(iface, peers, &file, &mut learned, false).await {
                     log::error!("{iface}: fleet sync failed: {e:#}; retried on the next change or in {} s", resync.as_secs());
                 }
             }
             _ = tick.tick(), if file.fleet.is_some() => {
-                if let Err(e) = apply(iface, &o.peers, &file, &mut learned, false).await {
+                if let Err(e) = apply(iface, peers, &file, &mut learned, false).await {
                     log::error!("{iface}: fleet resync failed: {e:#}");
                 }
             }

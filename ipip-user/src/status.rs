@@ -151,8 +151,7 @@ async fn one(nl: &Netlink, dir: &PinDir) -> Result<Status> {
     } else {
         "native"
     });
-    s.tunnel_mtu = tunnel_mtu(dir, t.peer_count);
-    s.peers = peers_in_use(dir, t.peer_count).unwrap_or(t.peer_count);
+    (s.peers, s.tunnel_mtu) = peers_in_use(dir, t.peer_count).unwrap_or((t.peer_count, None));
     if is_stale(dir) {
         s.health = "stale";
         s.state = format!("stale: left by a deleted network namespace whose inode this one reuses; `ipip-user detach {iface}` removes it");
@@ -190,18 +189,6 @@ async fn one(nl: &Netlink, dir: &PinDir) -> Result<Status> {
         ),
     };
     Ok(s)
-}
-
-/// The tunnel MTU the first peer in use was configured with (all share it).
-fn tunnel_mtu(dir: &PinDir, slots: u32) -> Option<u16> {
-    use aya::maps::{Array, MapData};
-    let data = MapData::from_pin(dir.map(ipip_common::MAP_PEERS)).ok()?;
-    let map: Array<MapData, ipip_common::PeerConfig> =
-        Array::try_from(aya::maps::Map::Array(data)).ok()?;
-    (0..slots)
-        .filter_map(|i| map.get(&i, 0).ok())
-        .find(|p| p.in_use != 0)
-        .map(|p| p.mtu)
 }
 
 pub fn render(all: &[Status]) -> String {

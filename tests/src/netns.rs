@@ -185,3 +185,27 @@ impl Drop for Netns {
         }
     }
 }
+
+/// Everything under a pin folder, sorted (empty when it does not exist): the files, and with
+/// `with_folders` the folders too (an empty folder left behind then shows).
+pub fn pins_under(dir: &Path, with_folders: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let folder = p.is_dir();
+            if folder {
+                todo.push(p.clone());
+            }
+            if with_folders || !folder {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -390,24 +390,8 @@ fn run_bounded(ipip: &IpipUser, n: &Node, args: &[String]) -> Result<Ran> {
     })
 }
 
-/// Everything under a pin folder, folders included (empty when it does not exist).
 fn pinned(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p.clone());
-            }
-            out.push(p.display().to_string());
-        }
-    }
-    out.sort();
-    out
+    ipip_tests::netns::pins_under(dir, true)
 }
 
 /// The kernel state a refusal must not change, as (what, state) pairs.

@@ -58,24 +58,8 @@ fn must_not_ping(from: &Node, to: &Node) -> Result<()> {
     Ok(())
 }
 
-/// Files left under a pin folder (empty when it does not exist).
 fn pinned(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
+    ipip_tests::netns::pins_under(dir, false)
 }
 
 fn stderr_and_stdout(out: &std::process::Output) -> String {

@@ -197,7 +197,8 @@ fn namespace_deleted_without_detach_leaves_orphans_that_prune_removes() -> Resul
          ip link set eth1 up
          ip addr add 192.0.2.1/24 dev eth0",
     )?;
-    let dir = tempfile_dir()?;
+    let tmp = ipip_tests::topology::TempDir::new("ipip-fate")?;
+    let dir = &tmp.0;
     let peers = dir.join("peers.toml");
     std::fs::write(
         &peers,
@@ -238,21 +239,7 @@ fn namespace_deleted_without_detach_leaves_orphans_that_prune_removes() -> Resul
         !status.contains(&format!("net{}", doomed.inode())),
         "still listed: {status}"
     );
-    let _ = std::fs::remove_dir_all(dir);
     Ok(())
-}
-
-/// A private folder for one test's files.
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!(
-        "ipip-fate-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use ipip_tests::ipip::{describe, workspace_root};
+use ipip_tests::topology::TempDir;
 use ipip_tests::traffic::ping_ok;
 use ipip_tests::{require_root, HostToHost, IpipUser, Netns, Underlay};
 
@@ -56,7 +57,8 @@ fn the_unit_verifies_and_grants_exactly_the_proven_capabilities() -> Result<()> 
         );
     }
     // systemd-analyze checks that the binary exists: point it at the one under test.
-    let dir = scratch_dir("unit")?;
+    let tmp = TempDir::new("ipip-unit")?;
+    let dir = tmp.0.clone();
     let bin = ipip.path().to_string_lossy().into_owned();
     std::fs::write(
         dir.join("ipip@.service"),
@@ -68,7 +70,6 @@ fn the_unit_verifies_and_grants_exactly_the_proven_capabilities() -> Result<()> 
         .args(["verify", &instance.to_string_lossy()])
         .output()
         .context("running systemd-analyze (apt package systemd)")?;
-    let _ = std::fs::remove_dir_all(&dir);
     // Unknown keys are only warnings: any output at all fails the test.
     ensure!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -76,23 +77,6 @@ fn the_unit_verifies_and_grants_exactly_the_proven_capabilities() -> Result<()> 
         describe(&out)
     );
     Ok(())
-}
-
-fn scratch_dir(what: &str) -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!(
-        "ipip-{what}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() ^ u128::from(rand_seed())
-    ));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
-fn rand_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// A notify socket like the one systemd gives a Type=notify service.
@@ -208,7 +192,8 @@ fn run_is_a_notify_service_with_metrics_that_match_stats() -> Result<()> {
     let ipip = IpipUser::new()?;
     let (d, c) = (&t.doolittle, &t.calculon);
     ipip.attach(&c.ns, c.iface, &c.peers)?;
-    let dir = scratch_dir("notify")?;
+    let tmp = TempDir::new("ipip-notify")?;
+    let dir = tmp.0.clone();
     let notify = NotifySocket::new(&dir)?;
     let peers = d.peers.to_string_lossy().into_owned();
     let mut run = start_run(&ipip, &d.ns, d.iface, &peers, &notify.path)?;
@@ -338,7 +323,6 @@ fn run_is_a_notify_service_with_metrics_that_match_stats() -> Result<()> {
     ensure!(!d.ns.pin_dir().exists(), "SIGTERM left pins");
     let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
     ensure!(routes.trim().is_empty(), "SIGTERM left routes: {routes}");
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -400,7 +384,8 @@ fn stats_json_follows_its_schema() -> Result<()> {
 #[test]
 fn check_json_reports_errors_as_json() -> Result<()> {
     let ipip = IpipUser::new()?;
-    let dir = scratch_dir("check")?;
+    let tmp = TempDir::new("ipip-check")?;
+    let dir = tmp.0.clone();
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
@@ -409,7 +394,6 @@ fn check_json_reports_errors_as_json() -> Result<()> {
     let out = Command::new(ipip.path())
         .args(["check", &bad.to_string_lossy(), "--json"])
         .output()?;
-    let _ = std::fs::remove_dir_all(&dir);
     ensure!(
         out.status.code() == Some(1),
         "exit code: {}",

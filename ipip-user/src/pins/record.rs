@@ -183,19 +183,21 @@ pub fn placement(
     }
 }
 
-/// Peers configured now (slots of removed peers stay allocated, so the config's peer count
-/// is only an upper bound).
-pub fn peers_in_use(dir: &PinDir, slots: u32) -> Result<u32> {
+/// The peers configured now, and the tunnel MTU the first of them was given (all share it).
+/// Slots of removed peers stay allocated, so the config's peer count is only an upper bound.
+pub fn peers_in_use(dir: &PinDir, slots: u32) -> Result<(u32, Option<u16>)> {
     let data = MapData::from_pin(dir.map(ipip_common::MAP_PEERS))?;
     let map: Array<MapData, ipip_common::PeerConfig> =
         Array::try_from(aya::maps::Map::Array(data))?;
-    let mut n = 0;
+    let (mut n, mut mtu) = (0, None);
     for i in 0..slots {
-        if map.get(&i, 0)?.in_use != 0 {
+        let p = map.get(&i, 0)?;
+        if p.in_use != 0 {
             n += 1;
+            mtu.get_or_insert(p.mtu);
         }
     }
-    Ok(n)
+    Ok((n, mtu))
 }
 
 #[cfg(test)]
