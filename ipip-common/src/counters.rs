@@ -18,7 +18,10 @@ pub enum Reason {
     DropSpoofedSource = 4,
     /// Outer ECN CE on an inner packet that is not ECN-capable (RFC 6040 says drop).
     DropEcnNotEct = 5,
-    /// Packet to encapsulate is larger than the tunnel MTU and not GSO.
+    /// Packet to encapsulate (or a GSO segment of it) larger than the tunnel MTU, with DF: it
+    /// reached the tunnel through a route without the tunnel MTU. Dropped, and the sender is
+    /// answered with ICMP "fragmentation needed" (next-hop MTU = tunnel MTU) wherever RFC 1122
+    /// allows an answer, as `tnl_update_pmtu` does.
     DropTooBig = 6,
     /// A kernel helper (adjust_head/adjust_room/store) failed.
     DropHelperFailed = 7,
@@ -62,10 +65,14 @@ pub enum Reason {
     DropFragTooBig = 23,
     /// Outer datagrams put back together from their fragments (then decapsulated).
     PassFragReassembled = 24,
+    /// Like `DropTooBig`, without DF: this packet is lost, and the kernel is told the tunnel MTU
+    /// for its destination (a PMTU exception, as `tnl_update_pmtu` records), so that it
+    /// fragments the ones that follow before they reach the tunnel.
+    DropTooBigNoDf = 25,
 }
 
 /// Number of reasons; the size of the reasons map.
-pub const REASON_COUNT: u32 = 25;
+pub const REASON_COUNT: u32 = 26;
 
 impl Reason {
     /// All reasons in index order.
@@ -95,6 +102,7 @@ impl Reason {
         Reason::DropFragTooMany,
         Reason::DropFragTooBig,
         Reason::PassFragReassembled,
+        Reason::DropTooBigNoDf,
     ];
 
     /// Stable snake_case name used in `stats`, JSON and metrics labels.
@@ -125,6 +133,7 @@ impl Reason {
             Reason::DropFragTooMany => "fragment_too_many",
             Reason::DropFragTooBig => "fragment_too_big",
             Reason::PassFragReassembled => "reassembled",
+            Reason::DropTooBigNoDf => "too_big_no_df",
         }
     }
 
@@ -163,7 +172,9 @@ impl Reason {
                 "inner source outside the routes configured for the sending peer"
             }
             Reason::DropEcnNotEct => "outer ECN CE on a not-ECT inner packet (RFC 6040)",
-            Reason::DropTooBig => "packet larger than the tunnel MTU",
+            Reason::DropTooBig => {
+                "larger than the tunnel MTU with DF: sender sent ICMP fragmentation needed"
+            }
             Reason::DropHelperFailed => "kernel helper failed while rewriting the packet",
             Reason::DropNoPeer => "route points at an empty peer slot",
             Reason::PassIpipNotLocal => {
@@ -192,6 +203,9 @@ impl Reason {
             Reason::DropFragTooMany => "outer datagram beyond the reassembly bounds",
             Reason::DropFragTooBig => "outer fragment larger than a reassembly slot",
             Reason::PassFragReassembled => "outer datagram reassembled from its fragments",
+            Reason::DropTooBigNoDf => {
+                "larger than the tunnel MTU without DF: lost, the kernel told to fragment the next"
+            }
         }
     }
 }

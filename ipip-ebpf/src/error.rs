@@ -13,6 +13,9 @@ pub enum Error {
     Pass(Reason),
     /// Ours and kept (a fragment held for reassembly): consumed, counted, not a loss.
     Held(Reason),
+    /// Ours, dropped, and answered: the frame was rewritten into an ICMP error and redirected
+    /// (to its sender, or into this host's stack). Counted under this reason.
+    Answered(Reason),
 }
 
 /// The fate of a packet, independent of the program type's return codes.
@@ -22,6 +25,8 @@ pub enum Verdict {
     Drop,
     /// Consumed by the program (kept for later), not dropped.
     Stolen,
+    /// Turned into a reply and redirected (the redirect helper was called).
+    Redirect,
 }
 
 impl Error {
@@ -33,6 +38,7 @@ impl Error {
             Error::Drop(r) => (Verdict::Drop, Some(r)),
             Error::Pass(r) => (Verdict::Pass, Some(r)),
             Error::Held(r) => (Verdict::Stolen, Some(r)),
+            Error::Answered(r) => (Verdict::Redirect, Some(r)),
         }
     }
 }
@@ -55,6 +61,10 @@ mod tests {
         assert_eq!(
             Error::Held(Reason::HeldOuterFragment).verdict(),
             (Verdict::Stolen, Some(Reason::HeldOuterFragment))
+        );
+        assert_eq!(
+            Error::Answered(Reason::DropTooBig).verdict(),
+            (Verdict::Redirect, Some(Reason::DropTooBig))
         );
     }
 }

@@ -1,16 +1,20 @@
-//! The kernel's FIB, asked from XDP: where a packet would go, with the MACs to put on it.
+//! The kernel's FIB, asked from the programs: where a packet would go, with the MACs to put on
+//! it, and where this host's answers to a sender go.
 
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
-        BPF_FIB_LOOKUP_SKIP_NEIGH,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC,
     },
     programs::XdpContext,
 };
 use ipip_common::Reason;
 
-use crate::{maps::FWD_DEVS, packet::Frame};
+use crate::{
+    maps::FWD_DEVS,
+    packet::{fib_addresses, Frame, Packet},
+};
 
 const AF_INET: u8 = 2;
 
@@ -85,4 +89,36 @@ pub fn lookup(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::Kernel(Reason::PassNeedsFrag),
         _ => Fib::Kernel(Reason::PassFibNoRoute),
     }
+}
+
+/// Where this host's answer to `dst` goes: out of `ifindex` via `nexthop`, from `src`.
+pub struct Reply {
+    pub ifindex: u32,
+    pub nexthop: [u8; 4],
+    /// The route's preferred source (an address of this host); 0 when the interface has none.
+    pub src: [u8; 4],
+}
+
+/// The route back to `dst`, whose packet arrived on `ifindex` and is being forwarded: the
+/// kernel's route and preferred source for it (what `icmp_route_lookup` would pick), or
+/// `None` when there is none to forward on (no route, local, forwarding disabled).
+#[inline(always)]
+pub fn reply_route<C: Packet>(frame: &Frame<C>, dst: [u8; 4], ifindex: u32) -> Option<Reply> {
+    let (rc, p) = frame.fib_lookup(
+        |p: &mut FibParams| {
+            p.family = AF_INET;
+            p.ifindex = ifindex;
+            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+        },
+        BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC,
+    );
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    let (src, nexthop) = fib_addresses(&p);
+    Some(Reply {
+        ifindex: p.ifindex,
+        nexthop,
+        src,
+    })
 }

@@ -7,5 +7,6 @@ pub mod checksum;
 pub mod ecn;
 pub mod error;
 pub mod forward;
+pub mod icmp;
 pub mod outer;
 pub mod pmtu;

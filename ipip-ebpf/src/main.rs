@@ -20,6 +20,8 @@ mod tc_decap;
 #[cfg(target_arch = "bpf")]
 mod tc_encap;
 #[cfg(target_arch = "bpf")]
+mod too_big;
+#[cfg(target_arch = "bpf")]
 mod trace;
 #[cfg(target_arch = "bpf")]
 mod verdict;

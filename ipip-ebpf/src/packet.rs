@@ -8,19 +8,23 @@
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as bpf_fib_lookup_params,
+    bindings::{
+        bpf_fib_lookup as bpf_fib_lookup_params, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+        BPF_F_INGRESS, TC_ACT_REDIRECT,
+    },
     helpers::{
-        bpf_fib_lookup, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes,
-        bpf_xdp_adjust_head,
+        bpf_csum_diff, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_adjust_head,
     },
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use ipip_common::Reason;
-use ipip_ebpf::error::Error;
+use ipip_ebpf::{checksum, error::Error};
 
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub const AF_INET: u32 = 2;
 
 /// The Ethernet header as bytes: alignment 1, so any packet offset is a valid reference.
 #[repr(C)]
@@ -122,6 +126,43 @@ impl<C: Packet> Frame<C> {
         // SAFETY: as in `get`; the exclusive borrow of the frame makes it the only reference.
         Some(unsafe { &mut *(p as *mut T) })
     }
+
+    /// The Internet-checksum sum (16-bit big-endian words, unfolded) of the `N` bytes at
+    /// `off` (`N` a multiple of 4, at most 512), if they lie inside the linear window.
+    #[inline(always)]
+    pub fn sum<const N: usize>(&self, off: usize) -> Option<u32> {
+        let p = self.ptr_at::<[u8; N]>(off)?;
+        // SAFETY: [p, p + N) lies inside the packet (checked above); the helper only reads it.
+        let rc = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, 0) };
+        if rc < 0 {
+            return None;
+        }
+        // csum_partial adds native-order (little-endian) words: the same sum, bytes swapped.
+        Some(checksum::fold(rc as u32).swap_bytes() as u32)
+    }
+
+    /// `bpf_fib_lookup` with the request `fill` writes into a zeroed parameter block; returns
+    /// the helper's code and the answer.
+    #[inline(always)]
+    pub fn fib_lookup(
+        &self,
+        fill: impl FnOnce(&mut bpf_fib_lookup_params),
+        flags: u32,
+    ) -> (i64, bpf_fib_lookup_params) {
+        // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+        let mut p: bpf_fib_lookup_params = unsafe { core::mem::zeroed() };
+        fill(&mut p);
+        // SAFETY: `p` lives on our stack for the duration of the call; its size is passed.
+        let rc = unsafe {
+            bpf_fib_lookup(
+                self.ctx.as_ptr(),
+                &mut p,
+                size_of::<bpf_fib_lookup_params>() as i32,
+                flags,
+            )
+        };
+        (rc, p)
+    }
 }
 
 /// Lets helpers that take the context (FIB lookups) use the frame; a raw pointer
@@ -148,29 +189,6 @@ impl Frame<XdpContext> {
     #[inline(always)]
     pub fn ingress_ifindex(&self) -> u32 {
         self.ctx.ingress_ifindex() as u32
-    }
-
-    /// `bpf_fib_lookup` with the request `fill` writes into a zeroed parameter block; returns
-    /// the helper's code and the answer.
-    #[inline(always)]
-    pub fn fib_lookup(
-        &self,
-        fill: impl FnOnce(&mut bpf_fib_lookup_params),
-        flags: u32,
-    ) -> (i64, bpf_fib_lookup_params) {
-        // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-        let mut p: bpf_fib_lookup_params = unsafe { core::mem::zeroed() };
-        fill(&mut p);
-        // SAFETY: `p` lives on our stack for the duration of the call; its size is passed.
-        let rc = unsafe {
-            bpf_fib_lookup(
-                self.ctx.as_ptr(),
-                &mut p,
-                size_of::<bpf_fib_lookup_params>() as i32,
-                flags,
-            )
-        };
-        (rc, p)
     }
 }
 
@@ -277,12 +295,67 @@ impl Frame<TcContext> {
         unsafe { ((*self.ctx.skb.skb).gso_segs, (*self.ctx.skb.skb).gso_size) }
     }
 
+    /// The interface the skb is on (at egress: the one it is being sent out of).
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        // SAFETY: reading a plain integer field of our own __sk_buff.
+        unsafe { (*self.ctx.skb.skb).ifindex }
+    }
+
+    /// The interface the packet arrived on, 0 for one this host originated (skb_iif).
+    #[inline(always)]
+    pub fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.ctx.skb.skb).ingress_ifindex }
+    }
+
+    /// Redirects the packet into `ifindex`'s receive path, as if it had arrived there; the
+    /// program then returns the helper's code (TC_ACT_REDIRECT).
+    #[inline(always)]
+    pub fn redirect_ingress(&mut self, ifindex: u32) -> Result<i32, Error> {
+        // SAFETY: plain helper call; the redirect happens after the program returns.
+        let rc = unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) };
+        if rc != TC_ACT_REDIRECT as i64 {
+            return Err(HELPER_FAILED);
+        }
+        Ok(rc as i32)
+    }
+
+    /// Redirects the packet out of `ifindex` toward IPv4 next hop `nexthop`, the neighbour
+    /// subsystem filling in the MACs (and resolving the next hop if needed).
+    #[inline(always)]
+    pub fn redirect_neigh(&mut self, ifindex: u32, nexthop: [u8; 4]) -> Result<i32, Error> {
+        let mut nh = bpf_redir_neigh {
+            nh_family: AF_INET,
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                ipv4_nh: u32::from_ne_bytes(nexthop),
+            },
+        };
+        // SAFETY: `nh` lives on our stack for the call; its size is passed.
+        let rc =
+            unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) };
+        if rc != TC_ACT_REDIRECT as i64 {
+            return Err(HELPER_FAILED);
+        }
+        Ok(rc as i32)
+    }
+
     /// Whether the kernel took a VLAN tag off into the skb's metadata.
     #[inline(always)]
     pub fn vlan_present(&self) -> bool {
         // SAFETY: as above.
         unsafe { (*self.ctx.skb.skb).vlan_present != 0 }
     }
+}
+
+/// The IPv4 source and destination of a FIB answer (the destination replaced by the next hop
+/// when there is one).
+#[inline(always)]
+pub fn fib_addresses(p: &bpf_fib_lookup_params) -> ([u8; 4], [u8; 4]) {
+    // SAFETY: reading IPv4 members of unions of plain integers the caller's request was made
+    // with (AF_INET), which the helper filled in.
+    let (src, dst) = unsafe { (p.__bindgen_anon_3.ipv4_src, p.__bindgen_anon_4.ipv4_dst) };
+    (src.to_ne_bytes(), dst.to_ne_bytes())
 }
 
 /// Helpers without packet or map access.

@@ -13,6 +13,7 @@ use aya_ebpf::{
 use ipip_common::{Path, Reason, OUTER_HEADER_LEN};
 use ipip_ebpf::{
     error::Error,
+    icmp::{IPPROTO_TCP, IPPROTO_UDP},
     outer::{self, Inner},
 };
 use network_types::ip::Ipv4Hdr;
@@ -20,8 +21,11 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     maps::route_to,
     packet::{kernel, Frame, ETH_LEN, ETH_P_IP},
-    stats, verdict,
+    stats, too_big, verdict,
 };
+
+/// IPv4 + TCP headers without options: no GSO segment is shorter than its payload plus these.
+const MIN_SEGMENT_HEADERS: u32 = 40;
 
 #[classifier]
 pub fn ipip_tc_encap(ctx: TcContext) -> i32 {
@@ -55,9 +59,15 @@ fn try_encap(frame: &mut Frame<TcContext>) -> Result<(), Error> {
     // Only the configured MTU is enforced here. A learned, lower one is the kernel's to apply
     // per inner destination (it was told, see pmtu); a packet for a destination it hasn't
     // heard of yet goes out and the underlay's ICMP teaches it, where a drop here would
-    // black-hole that destination.
-    if gso_size == 0 && inner_len > peer.mtu as u32 {
-        return Err(Error::Drop(Reason::DropTooBig));
+    // black-hole that destination. What must fit is the packet, or each GSO segment of it.
+    let mtu = peer.mtu as u32;
+    let too_big = if gso_size == 0 {
+        inner_len > mtu
+    } else {
+        gso_size + MIN_SEGMENT_HEADERS > mtu && segment_len(frame, &ip, gso_size) > mtu
+    };
+    if too_big {
+        return Err(too_big::answer(frame, peer, &ip, peer.mtu));
     }
     let inner = Inner {
         tos: ip.tos,
@@ -76,4 +86,20 @@ fn try_encap(frame: &mut Frame<TcContext>) -> Result<(), Error> {
     stats::count_tx(peer_idx, gso_segs.max(1) as u64, inner_len as u64);
     stats::count_path(Path::EncapKernel);
     Ok(())
+}
+
+/// The length of the IPv4 packets a GSO skb will be cut into (skb_gso_network_seglen): the
+/// segment payload behind the IP and transport headers.
+#[inline(always)]
+fn segment_len(frame: &Frame<TcContext>, ip: &Ipv4Hdr, gso_size: u32) -> u32 {
+    let hlen = ((ip.vihl & 0xf) as usize) * 4;
+    let transport = match ip.proto {
+        IPPROTO_TCP => match frame.load::<u8>(ETH_LEN + hlen + 12) {
+            Some(doff) => ((doff >> 4) as u32) * 4,
+            None => 20,
+        },
+        IPPROTO_UDP => 8,
+        _ => 0,
+    };
+    hlen as u32 + transport + gso_size
 }

@@ -30,6 +30,7 @@ pub const XDP_REDIRECT: u32 = 4;
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_STOLEN: u32 = 4;
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Destination and source MAC of every test frame.
 pub const MAC_DST: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
@@ -68,7 +69,10 @@ pub fn datapath_with(toml: &str, local: [u8; 4], adjust: impl FnOnce(&mut Plan))
     plan.tunnel.flags |= ipip_common::TUNNEL_FLAG_DECAP_TC;
     adjust(&mut plan);
     let mut dp = Datapath::load(plan.capacity).unwrap_or_else(|e| {
-        panic!("packet tests need root (BPF_PROG_TEST_RUN); loading the data path failed: {e}")
+        panic!(
+            "packet tests need root (BPF_PROG_TEST_RUN); loading the data path failed: {}",
+            error_chain(&e)
+        )
     });
     dp.fill(&plan).expect("filling the maps");
     dp
@@ -167,6 +171,16 @@ pub fn icmp(v4: &V4, total_len: usize) -> Vec<u8> {
     let b = PacketBuilder::ip(ip_headers(v4)).icmpv4_echo_request(0x4242, 7);
     let mut out = Vec::new();
     b.write(&mut out, &payload(total_len - 28 - v4.options.len()))
+        .unwrap();
+    assert_eq!(out.len(), total_len);
+    out
+}
+
+/// A TCP IPv4 packet of `total_len` bytes (>= 40), header without options.
+pub fn tcp(v4: &V4, total_len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ip(ip_headers(v4)).tcp(40000, 80, 0x1234_5678, 64240);
+    let mut out = Vec::new();
+    b.write(&mut out, &payload(total_len - 40 - v4.options.len()))
         .unwrap();
     assert_eq!(out.len(), total_len);
     out
@@ -654,6 +668,17 @@ pub enum Expect {
         outer: Ipv4Header,
         inner: Vec<u8>,
     },
+    /// An ICMP "fragmentation needed" answering the input: the input's MACs swapped (the frame
+    /// turned around), then `ip` (its ID taken from the output), next-hop MTU `mtu`, quoting
+    /// `quote`, all built by etherparse. The two quote bytes at `proof` (the transport checksum
+    /// field the program rewrites, see `ipip_ebpf::icmp::offload_proof_field`) are taken from
+    /// the output; the message must verify as sent and after a device fills that field in.
+    FragNeeded {
+        ip: V4,
+        mtu: u16,
+        quote: Vec<u8>,
+        proof: Option<usize>,
+    },
     /// Not checked (the packet is dropped).
     Dropped,
     /// The kernel refuses the test run with EINVAL before the program runs (TC test runs on
@@ -738,6 +763,51 @@ pub fn expected_encap_eth(eth: &[u8], got: &[u8], outer: &Ipv4Header, inner: &[u
     want
 }
 
+/// Where an answer's quote starts: Ethernet, IPv4 and ICMP headers.
+const ANSWER_QUOTE: usize = 14 + 20 + 8;
+
+/// The expected answer to `input` (see [`Expect::FragNeeded`]) given the output.
+fn expected_answer(
+    input: &[u8],
+    got: &[u8],
+    ip: &V4,
+    mtu: u16,
+    quote: &[u8],
+    proof: Option<usize>,
+) -> Vec<u8> {
+    let mut ip = ip.clone();
+    let mut quote = quote.to_vec();
+    if got.len() >= ANSWER_QUOTE + quote.len() {
+        ip = ip.id(u16::from_be_bytes([got[18], got[19]]));
+        if let Some(p) = proof {
+            quote[p..p + 2].copy_from_slice(&got[ANSWER_QUOTE + p..ANSWER_QUOTE + p + 2]);
+        }
+    }
+    let mut want = frag_needed(&ip, mtu, &quote);
+    want[..6].copy_from_slice(&input[6..12]);
+    want[6..12].copy_from_slice(&input[..6]);
+    want
+}
+
+/// What a device does to a packet whose transport checksum was left to it (skb_checksum_help):
+/// the one's-complement sum from the transport header (behind the quoted 20-byte IPv4 header)
+/// to the end, into the field at `proof`; the ICMP message must still verify.
+fn assert_offload_proof(got: &[u8], proof: Option<usize>) -> Result<(), String> {
+    let Some(p) = proof else { return Ok(()) };
+    let mut filled = got.to_vec();
+    let region = ANSWER_QUOTE + 20;
+    let field = ANSWER_QUOTE + p;
+    let mut c = crate::packet::checksum(&filled[region..]);
+    if c == 0 {
+        c = 0xffff;
+    }
+    filled[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    assert_icmpv4_checksum(
+        "after a device filled in the quoted transport checksum",
+        &filled[14 + 20..],
+    )
+}
+
 /// Checks one case against a fresh run; `peers` is the number of configured peers.
 pub fn check(dp: &mut Datapath, prog: Prog, peers: u32, case: &Case) -> Result<(), String> {
     check_on(dp, prog, None, peers, case)
@@ -787,6 +857,15 @@ pub fn check_on(
         Expect::EncapEth { eth, outer, inner } => {
             let want = expected_encap_eth(eth, &got, outer, inner);
             compare_frames(&got, &want).and_then(|()| assert_ipv4_checksum("outer", &got[14..]))
+        }
+        Expect::FragNeeded {
+            ip,
+            mtu,
+            quote,
+            proof,
+        } => {
+            let want = expected_answer(&case.input, &got, ip, *mtu, quote, *proof);
+            compare_frames(&got, &want).and_then(|()| assert_offload_proof(&got, *proof))
         }
         Expect::Dropped => Ok(()),
     };

@@ -1364,19 +1364,19 @@ fn tc_encap_defaults() {
             0,
         ),
         Case {
-            name: "inner one byte over the tunnel MTU (1481, DF, no GSO)",
+            name: "inner one byte over the tunnel MTU (1481, DF, no GSO): answered",
             input: eth4(&too_big),
-            verdict: TC_ACT_SHOT,
-            output: Expect::Dropped,
+            verdict: TC_ACT_REDIRECT,
+            output: answer(&too_big, Some(UDP_CHECK)),
             reason: Some(Reason::DropTooBig),
             peer: None,
         },
         Case {
-            name: "inner one byte over the tunnel MTU (1481, no DF, no GSO)",
+            name: "inner one byte over the tunnel MTU (1481, no DF, no GSO): kernel told",
             input: eth4(&too_big_no_df),
-            verdict: TC_ACT_SHOT,
-            output: Expect::Dropped,
-            reason: Some(Reason::DropTooBig),
+            verdict: TC_ACT_REDIRECT,
+            output: told([10, 0, 2, 7]),
+            reason: Some(Reason::DropTooBigNoDf),
             peer: None,
         },
         untouched(
@@ -1393,6 +1393,101 @@ fn tc_encap_defaults() {
         untouched("IPv6", eth6(&udp6(100)), TC_ACT_OK),
     ];
     run_table(&mut dp, Prog::Tc, 2, &cases);
+}
+
+/// Where a quoted UDP / TCP packet (20-byte IPv4 header) keeps its transport checksum.
+const UDP_CHECK: usize = 20 + 6;
+const TCP_CHECK: usize = 20 + 16;
+
+/// The "fragmentation needed" (next-hop MTU 1480) a sender on this host gets for `packet`, too
+/// big for calculon's tunnel: from calculon's address, TOS 0xc0 with the packet's TOS bits,
+/// TTL 64, no DF, quoting its first 548 bytes.
+fn answer(packet: &[u8], proof: Option<usize>) -> Expect {
+    let tos_bits = packet[1] & 0x1e;
+    Expect::FragNeeded {
+        ip: V4::new(CALCULON, [packet[12], packet[13], packet[14], packet[15]])
+            .tos(0xc0 | tos_bits)
+            .df(false),
+        mtu: 1480,
+        quote: packet[..548].to_vec(),
+        proof,
+    }
+}
+
+/// What the kernel is told for a too-big packet to `dst` without DF: the tunnel MTU for `dst`,
+/// as the decapsulators tell it for forwarded traffic (an echo reply quote from our address).
+fn told(dst: [u8; 4]) -> Expect {
+    Expect::FragNeeded {
+        ip: V4::new(CALCULON, LOCAL).tos(0xc0).df(false),
+        mtu: 1480,
+        quote: echo_reply_quote(LOCAL, dst),
+        proof: None,
+    }
+}
+
+/// Too big for the tunnel at TC egress (a route without the tunnel MTU led here), as Linux's
+/// tnl_update_pmtu answers: ICMP "fragmentation needed" to the sender where RFC 1122 allows
+/// one, the kernel told the MTU for packets without DF, nothing sent unencapsulated.
+#[test]
+fn tc_encap_answers_too_big() {
+    let mut dp = datapath(TWO_PEERS, LOCAL);
+    let dst = [10, 0, 2, 7];
+    let udp_big = udp(&to_peer(dst).tos(0xbb), 1500);
+    let tcp_big = tcp(&to_peer(dst), 1500);
+    let echo_big = icmp(&to_peer(dst), 1481);
+    let options_big = udp(&to_peer(dst).options(&[1, 1, 1, 0]), 1500);
+    let tcp_no_df = tcp(&to_peer(dst).df(false), 1500);
+    let later_fragment = udp(&to_peer(dst).frag_offset(185), 1500);
+    let from_nowhere = udp(&V4::new([0, 0, 0, 0], dst), 1500);
+    let from_loopback = udp(&V4::new([127, 0, 0, 1], dst), 1500);
+    let error = eth_icmp(
+        &to_peer(dst),
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+        &payload_of(1481 - 28),
+    );
+    let unanswered = |name, input| Case {
+        name,
+        input,
+        verdict: TC_ACT_SHOT,
+        output: Expect::Dropped,
+        reason: Some(Reason::DropTooBig),
+        peer: None,
+    };
+    let answered = |name, packet: &Vec<u8>, proof| Case {
+        name,
+        input: eth4(packet),
+        verdict: TC_ACT_REDIRECT,
+        output: answer(packet, proof),
+        reason: Some(Reason::DropTooBig),
+        peer: None,
+    };
+    let cases = vec![
+        answered(
+            "UDP, TOS 0xbb: TOS bits kept under precedence 6, checksum field proofed",
+            &udp_big,
+            Some(UDP_CHECK),
+        ),
+        answered("TCP: checksum field proofed", &tcp_big, Some(TCP_CHECK)),
+        answered("ICMP echo: quoted as it is", &echo_big, None),
+        answered("inner IP options: quoted as they are", &options_big, None),
+        Case {
+            name: "TCP without DF: the kernel told the MTU toward the destination",
+            input: eth4(&tcp_no_df),
+            verdict: TC_ACT_REDIRECT,
+            output: told(dst),
+            reason: Some(Reason::DropTooBigNoDf),
+            peer: None,
+        },
+        unanswered("not the first fragment (RFC 1122)", eth4(&later_fragment)),
+        unanswered("an ICMP error is never answered", error),
+        unanswered("source 0.0.0.0 is no host to answer", eth4(&from_nowhere)),
+        unanswered("loopback source", eth4(&from_loopback)),
+    ];
+    run_table(&mut dp, Prog::Tc, 2, &cases);
+}
+
+fn payload_of(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 13 + 1) as u8).collect()
 }
 
 #[test]
