@@ -3,6 +3,8 @@
 //! routers' ICMP "fragmentation needed" about the outer packets lowers the tunnel's PMTU and
 //! TCP through the tunnel adapts; without it, bulk TCP stalls (a PMTU black hole).
 
+use std::net::Ipv4Addr;
+
 use anyhow::{ensure, Context, Result};
 use ipip_tests::topology::build::wire_checksums;
 use ipip_tests::topology::Routed;
@@ -282,4 +284,206 @@ fn outer_fragments_are_reassembled_with_xdp_decap() -> Result<()> {
 #[test]
 fn outer_fragments_are_reassembled_with_tc_decap() -> Result<()> {
     fragments_reassembled("tc")
+}
+
+/// Routes `dst` on `n` around ipip's route the way an admin might: the same next hop,
+/// interface and source, but no MTU. Traffic to it then reaches the tunnel unsized by the
+/// kernel, the case Linux's `tnl_update_pmtu` answers for a tunnel device.
+fn route_without_mtu(n: &Node, dst: Ipv4Addr) -> Result<()> {
+    let ours = n.ns.exec(&["ip", "-o", "route", "get", &dst.to_string()])?;
+    let after = |key: &str| -> Result<String> {
+        let mut words = ours.split_whitespace();
+        words
+            .find(|w| *w == key)
+            .and(words.next())
+            .map(str::to_string)
+            .with_context(|| format!("{}: no `{key}` in `ip route get {dst}`: {ours}", n.name))
+    };
+    let (via, dev, src) = (after("via")?, after("dev")?, after("src")?);
+    n.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{dst}/32"),
+        "via",
+        &via,
+        "dev",
+        &dev,
+        "src",
+        &src,
+    ])?;
+    n.ns.exec(&["ip", "route", "flush", "cache"])?;
+    Ok(())
+}
+
+/// `ping -M MODE -s SIZE` from `ns` (from `src` when given) to `dst`: its output.
+fn ping_sized(
+    ns: &ipip_tests::netns::Netns,
+    src: Option<Ipv4Addr>,
+    dst: Ipv4Addr,
+    mode: &str,
+    size: usize,
+    count: u32,
+) -> Result<String> {
+    let (size, count, dst) = (size.to_string(), count.to_string(), dst.to_string());
+    let mut args = vec![
+        "ping", "-n", "-c", &count, "-i", "0.2", "-W", "2", "-M", mode, "-s", &size,
+    ];
+    let src = src.map(|s| s.to_string());
+    if let Some(s) = &src {
+        args.extend(["-I", s]);
+    }
+    args.push(&dst);
+    let out = ns.output(&args)?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// Both ends route each other's host past ipip's routes (no MTU): a 1500-byte DF packet is
+/// too big for the 1480-byte tunnel only at TC egress. The sender on this host must be told
+/// at once (ICMP "fragmentation needed", mtu 1480) and bulk TCP must adapt in both directions.
+#[test]
+fn local_senders_are_answered_past_a_route_without_the_tunnel_mtu() -> Result<()> {
+    require_root()?;
+    let t = Routed::new(1500, true)?;
+    let ipip = IpipUser::new()?;
+    attach(&ipip, &t.doolittle)?;
+    attach(&ipip, &t.calculon)?;
+    route_without_mtu(&t.doolittle, t.calculon.private)?;
+    route_without_mtu(&t.calculon, t.doolittle.private)?;
+    must_ping(
+        &t.doolittle.ns,
+        t.calculon.private,
+        2,
+        "doolittle → calculon",
+    )?;
+
+    let told = ping_sized(
+        &t.doolittle.ns,
+        Some(t.doolittle.private),
+        t.calculon.private,
+        "do",
+        1472,
+        1,
+    )?;
+    ensure!(
+        told.contains("mtu = 1480") || told.contains("mtu=1480"),
+        "a 1500-byte DF ping past a route without MTU should be told the tunnel MTU: {told}"
+    );
+    ensure!(
+        ipip.reason(&t.doolittle.ns, t.doolittle.iface, "too_big")? >= 1,
+        "doolittle: too_big not counted"
+    );
+    // The socket's error handler recorded the tunnel MTU on the route, as for any PMTU.
+    let route = route_get(&t.doolittle, &t.calculon.private.to_string())?;
+    ensure!(
+        route.contains("mtu 1480"),
+        "doolittle: the route to {} should carry the tunnel MTU now: {route}",
+        t.calculon.private
+    );
+
+    for (from, to, port) in [
+        (&t.doolittle, &t.calculon, 5211),
+        (&t.calculon, &t.doolittle, 5212),
+    ] {
+        let what = format!(
+            "{} MiB TCP {} → {} past a route without the tunnel MTU",
+            TRANSFER >> 20,
+            from.name,
+            to.name
+        );
+        let done = tcp_transfer(&from.ns, &to.ns, to.private, port, TRANSFER)
+            .with_context(|| format!("{what} stalled"))?;
+        ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
+        eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+    }
+    Ok(())
+}
+
+/// Without DF the first too-big packet is lost and the kernel learns the tunnel MTU for the
+/// destination; from then on it fragments before the tunnel, so every other one arrives.
+#[test]
+fn packets_without_df_are_fragmented_past_a_route_without_the_tunnel_mtu() -> Result<()> {
+    require_root()?;
+    let t = Routed::new(1500, true)?;
+    let ipip = IpipUser::new()?;
+    attach(&ipip, &t.doolittle)?;
+    attach(&ipip, &t.calculon)?;
+    route_without_mtu(&t.doolittle, t.calculon.private)?;
+    must_ping(
+        &t.doolittle.ns,
+        t.calculon.private,
+        2,
+        "doolittle → calculon",
+    )?;
+    const COUNT: u32 = 20;
+    let out = ping_sized(
+        &t.doolittle.ns,
+        Some(t.doolittle.private),
+        t.calculon.private,
+        "dont",
+        1472,
+        COUNT,
+    )?;
+    let received = out
+        .split(", ")
+        .find_map(|w| w.strip_suffix(" received"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .with_context(|| format!("no ping summary: {out}"))?;
+    let lost = ipip.reason(&t.doolittle.ns, t.doolittle.iface, "too_big_no_df")?;
+    eprintln!("{received} of {COUNT} 1500-byte pings without DF arrived; too_big_no_df {lost}");
+    ensure!(
+        received >= COUNT - 1 && lost >= 1 && u64::from(COUNT - received) <= lost,
+        "only the first 1500-byte ping without DF may be lost (and counted): {received} of \
+         {COUNT} arrived, too_big_no_df {lost}: {out}"
+    );
+    let route = route_get(&t.doolittle, &t.calculon.private.to_string())?;
+    ensure!(
+        route.contains("mtu 1480"),
+        "doolittle: the kernel should hold the tunnel MTU for {}: {route}",
+        t.calculon.private
+    );
+    Ok(())
+}
+
+/// jill, behind gateway doolittle, whose route toward calculon has no MTU: her too-big DF
+/// packets must be answered by the gateway, from its own address on her side, and her bulk
+/// TCP must adapt.
+#[test]
+fn forwarded_senders_are_answered_past_a_route_without_the_tunnel_mtu() -> Result<()> {
+    require_root()?;
+    let t = Routed::with_lan(1500, true)?;
+    let jill = t.jill.as_ref().context("the topology has jill")?;
+    let ipip = IpipUser::new()?;
+    attach(&ipip, &t.doolittle)?;
+    attach(&ipip, &t.calculon)?;
+    route_without_mtu(&t.doolittle, t.calculon.private)?;
+    must_ping(&jill.ns, t.calculon.private, 2, "jill → calculon")?;
+
+    let told = ping_sized(&jill.ns, None, t.calculon.private, "do", 1472, 1)?;
+    ensure!(
+        told.contains("From 192.168.1.1") && told.contains("mtu = 1480"),
+        "jill's 1500-byte DF ping should be answered by the gateway (192.168.1.1) with the \
+         tunnel MTU: {told}"
+    );
+    let what = format!(
+        "{} MiB TCP jill → calculon past a route without the tunnel MTU",
+        TRANSFER >> 20
+    );
+    let done = tcp_transfer(&jill.ns, &t.calculon.ns, t.calculon.private, 5213, TRANSFER)
+        .with_context(|| format!("{what} stalled"))?;
+    ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
+    eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+    let seen = jill
+        .ns
+        .exec(&["ip", "route", "get", &t.calculon.private.to_string()])?;
+    ensure!(
+        seen.contains("mtu 1480"),
+        "jill should have learned the tunnel MTU toward {}: {seen}",
+        t.calculon.private
+    );
+    Ok(())
 }
