@@ -7,7 +7,10 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope},
+    route::{
+        RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+        RouteType,
+    },
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -246,6 +249,48 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Unicast IPv4 routes out of interface `oif` that ipip did not install (any table), with
+    /// the MTU they carry, if any.
+    pub async fn foreign_routes(&self, oif: u32) -> Result<Vec<ForeignRoute>, NetError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
+            let on_if = r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif));
+            if !on_if
+                || u8::from(r.header.protocol) == ROUTE_PROTO
+                || r.header.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let Some(prefix) = route_prefix(&r) else {
+                continue;
+            };
+            let mut route = ForeignRoute {
+                prefix,
+                gateway: None,
+                mtu: None,
+            };
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(*g),
+                    RouteAttribute::Metrics(m) => {
+                        route.mtu = m.iter().find_map(|m| match m {
+                            RouteMetric::Mtu(v) => Some(*v),
+                            _ => None,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            out.push(route);
+        }
+        Ok(out)
+    }
+
     /// Every IPv4 route in routing table `table`: its prefix and its single next hop
     /// (`None` for multipath or device routes).
     pub async fn table_routes(
@@ -287,6 +332,14 @@ impl Netlink {
             .await
             .map_err(nl(what))
     }
+}
+
+/// A route someone else installed on the underlay (see [`Netlink::foreign_routes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignRoute {
+    pub prefix: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub mtu: Option<u32>,
 }
 
 /// The destination prefix of a route message.

@@ -134,6 +134,22 @@ const CASES: &[Case] = &[
         says: "nftables drops tunnel traffic",
         only: true,
     },
+    Case {
+        name: "a route of the admin's into a tunnel prefix, without the tunnel MTU",
+        breaks: |t| {
+            let host = t.calculon.private;
+            sh(
+                &t.doolittle,
+                &format!(
+                    "ip route add {host}/32 via {} dev eth0",
+                    t.calculon.underlay
+                ),
+            )
+        },
+        check: "route mtu",
+        says: "has no MTU, above the tunnel MTU 1480",
+        only: true,
+    },
 ];
 
 #[test]
@@ -158,6 +174,7 @@ fn each_breakage_gets_exactly_its_finding() -> Result<()> {
             "addresses",
             "peers",
             "routes",
+            "route mtu",
             "rp_filter",
             "firewall",
             "programs",
