@@ -99,6 +99,27 @@ pub struct Tunnel {
     pub max_routes: Option<u32>,
 }
 
+/// `[peer]` written for `[[peer]]`, or `[[tunnel]]` / `[[fleet]]` for `[tunnel]` / `[fleet]`:
+/// serde only sees "invalid type: map, expected a sequence"; say what to write instead.
+fn table_kind_mixup(text: &str) -> Option<(Range<usize>, String)> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let header = line.split('#').next().unwrap_or("").trim();
+        let span = offset..offset + line.trim_end().len();
+        offset += line.len();
+        let message = match header {
+            "[peer]" => "each peer is a `[[peer]]` entry (two brackets), not a `[peer]` table",
+            "[[tunnel]]" => {
+                "the tunnel's settings go in one `[tunnel]` table (one bracket), not `[[tunnel]]`"
+            }
+            "[[fleet]]" => "fleet mode is one `[fleet]` table (one bracket), not `[[fleet]]`",
+            _ => continue,
+        };
+        return Some((span, message.to_string()));
+    }
+    None
+}
+
 /// How many peers and routes an attachment's maps hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Capacity {
@@ -206,8 +227,10 @@ impl PeersFile {
                 message,
             }
         };
-        let raw: RawFile =
-            toml::from_str(text).map_err(|e| err(e.span(), clip_quoted(e.message())))?;
+        let raw: RawFile = toml::from_str(text).map_err(|e| match table_kind_mixup(text) {
+            Some((span, message)) => err(Some(span), message),
+            None => err(e.span(), clip_quoted(e.message())),
+        })?;
         validate(raw).map_err(|Located { span, message }| err(Some(span), clip_quoted(&message)))
     }
 

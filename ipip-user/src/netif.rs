@@ -62,6 +62,19 @@ pub struct Netlink {
     handle: Handle,
 }
 
+impl NetError {
+    /// The kernel's answer, when the request reached it and it said no (ENETUNREACH, ...).
+    pub fn os_error(&self) -> Option<std::io::Error> {
+        match self {
+            NetError::Netlink {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            } => Some(m.to_io()),
+            _ => None,
+        }
+    }
+}
+
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let what = what.into();
     move |source| NetError::Netlink { what, source }
@@ -269,24 +282,11 @@ impl Netlink {
             let Some(prefix) = route_prefix(&r) else {
                 continue;
             };
-            let mut route = ForeignRoute {
+            out.push(ForeignRoute {
                 prefix,
-                gateway: None,
-                mtu: None,
-            };
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => route.gateway = Some(*g),
-                    RouteAttribute::Metrics(m) => {
-                        route.mtu = m.iter().find_map(|m| match m {
-                            RouteMetric::Mtu(v) => Some(*v),
-                            _ => None,
-                        })
-                    }
-                    _ => {}
-                }
-            }
-            out.push(route);
+                gateway: route_gateway(&r),
+                mtu: route_mtu(&r),
+            });
         }
         Ok(out)
     }
@@ -312,12 +312,8 @@ impl Netlink {
             if id != table {
                 continue;
             }
-            let hop = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
-                _ => None,
-            });
             if let Some(net) = route_prefix(&r) {
-                out.push((net, hop));
+                out.push((net, route_gateway(&r)));
             }
         }
         Ok(out)
@@ -354,6 +350,25 @@ pub fn route_prefix(r: &RouteMessage) -> Option<Ipv4Net> {
         })
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
     Ipv4Net::new(dst, r.header.destination_prefix_length).ok()
+}
+
+/// A route message's single next hop (`None` for multipath or device routes).
+pub fn route_gateway(r: &RouteMessage) -> Option<Ipv4Addr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+        _ => None,
+    })
+}
+
+/// The MTU a route message carries (its `mtu` metric), if any.
+pub fn route_mtu(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Metrics(m) => m.iter().find_map(|m| match m {
+            RouteMetric::Mtu(v) => Some(*v),
+            _ => None,
+        }),
+        _ => None,
+    })
 }
 
 /// `10.0.2.0/24` of a route message.

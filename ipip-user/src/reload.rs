@@ -25,7 +25,7 @@ use crate::{
     attach::next_hop,
     config::PeersFile,
     lock,
-    netif::{route_prefix, Netlink},
+    netif::{route_mtu, route_prefix, Netlink},
     pins::{read_tunnel, write_tunnel, PinDir},
     plan::{peer_name, peer_name_str, Plan, Underlay},
 };
@@ -40,12 +40,21 @@ pub struct Reloaded {
     pub peers_changed: Vec<String>,
     pub routes_added: usize,
     pub routes_removed: usize,
-    /// Same prefix, another peer or next hop.
+    /// Same prefix, another peer, next hop or MTU.
     pub routes_moved: usize,
 }
 
 fn pinned(dir: &PinDir, name: &str) -> Result<MapData> {
     MapData::from_pin(dir.map(name)).with_context(|| format!("opening {}", dir.map(name).display()))
+}
+
+/// "1 peer", "2 peers".
+fn counted(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// The peer slots a file's peers get: an existing name keeps its slot, a new one takes the
@@ -137,10 +146,12 @@ pub async fn apply(interface: &str, file: &PeersFile, peers_path: &Path) -> Resu
         || file.route_count() as u64 > u64::from(route_capacity)
     {
         bail!(
-            "{}: {} peers and {} routes, but {interface} was attached with room for {peer_capacity} peers and {route_capacity} routes: detach and attach to resize (or raise [tunnel] max_peers / max_routes)",
+            "{}: {} and {}, but {interface} was attached with room for {} and {}: detach and attach again to resize (attach sizes the maps from the file, or from [tunnel] max_peers / max_routes when set)",
             peers_path.display(),
-            file.peers.len(),
-            file.route_count()
+            counted(file.peers.len() as u64, "peer"),
+            counted(file.route_count() as u64, "route"),
+            counted(u64::from(peer_capacity), "peer"),
+            counted(u64::from(route_capacity), "route"),
         );
     }
 
@@ -238,12 +249,13 @@ pub async fn apply(interface: &str, file: &PeersFile, peers_path: &Path) -> Resu
         .map(|p| p.index)
         .collect();
     // The kernel's own view too: a reload killed between a map entry and its kernel route
-    // left the entry without the route, and this reload puts the route back.
-    let in_kernel: HashSet<Ipv4Net> = nl
+    // left the entry without the route, and this reload puts the route back; a route whose
+    // MTU is no longer the tunnel's (the underlay's MTU changed) gets the new one.
+    let in_kernel: HashMap<Ipv4Net, Option<u32>> = nl
         .our_routes(tunnel.ifindex)
         .await?
         .iter()
-        .filter_map(route_prefix)
+        .filter_map(|r| Some((route_prefix(r)?, route_mtu(r))))
         .collect();
     let sorted: BTreeSet<Ipv4Net> = new_routes.keys().copied().collect();
     for net in sorted {
@@ -251,7 +263,18 @@ pub async fn apply(interface: &str, file: &PeersFile, peers_path: &Path) -> Resu
         let gateway = hops[&idx];
         let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
         match old_routes.get(&net) {
-            Some(o) if *o == idx && !moved_remotes.contains(&idx) && in_kernel.contains(&net) => {}
+            Some(o)
+                if *o == idx
+                    && !moved_remotes.contains(&idx)
+                    && in_kernel.get(&net) == Some(&Some(plan.tunnel_mtu)) => {}
+            Some(o)
+                if *o == idx && !moved_remotes.contains(&idx) && in_kernel.contains_key(&net) =>
+            {
+                nl.replace_route(net, Some(gateway), tunnel.ifindex, src, plan.tunnel_mtu)
+                    .await
+                    .with_context(|| format!("setting the tunnel MTU on route {net}"))?;
+                done.routes_moved += 1;
+            }
             Some(o) if *o == idx && !moved_remotes.contains(&idx) => {
                 nl.add_route(net, Some(gateway), tunnel.ifindex, src, plan.tunnel_mtu)
                     .await

@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use ipip_tests::ipip::describe;
 use ipip_tests::packet::{icmp_echo, send_ipip};
 use ipip_tests::query::{tcx_prog_count, BPF_TCX_EGRESS, BPF_TCX_INGRESS};
-use ipip_tests::traffic::{ping_ok, tcp_transfer};
+use ipip_tests::traffic::{must_ping, ping_ok, tcp_transfer};
 use ipip_tests::{require_root, HostToHost, IpipUser, Node, Underlay};
 
 fn attach_tc(ipip: &IpipUser, n: &Node) -> Result<String> {
@@ -383,6 +383,49 @@ fn detach_removes_only_its_own_routes() -> Result<()> {
         "after detach: {routes}"
     );
     ensure!(mode("/sys/fs/bpf/ipip")? == 0o700, "the pin root changed");
+    Ok(())
+}
+
+/// The underlay's MTU changed under an attachment: reload gives the tunnel the new MTU, in
+/// the data path and on every route the attachment installed, so the kernel sizes packets for
+/// the tunnel again (down and back up).
+#[test]
+fn reload_follows_an_underlay_mtu_change() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    ipip.attach(&d.ns, d.iface, &d.peers)?;
+    ipip.attach(&c.ns, c.iface, &c.peers)?;
+    let peers = d.peers.display().to_string();
+    for (mtu, tunnel) in [(1400u32, 1380u64), (1500, 1480)] {
+        for n in [d, c] {
+            n.ns.exec(&["ip", "link", "set", n.iface, "mtu", &mtu.to_string()])?;
+        }
+        let out = ipip.run(&d.ns, &["reload", d.iface, "--peers", &peers])?;
+        let routes = d.ns.exec(&["ip", "route", "show", "proto", "156"])?;
+        ensure!(
+            routes.lines().count() >= 1
+                && routes.lines().all(|l| l.contains(&format!("mtu {tunnel}"))),
+            "after the underlay went to MTU {mtu}, reload should put mtu {tunnel} on every \
+             route ({out}): {routes}"
+        );
+        let v = ipip.stats(&d.ns)?;
+        let seen = v
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["interface"] == d.iface))
+            .and_then(|e| e["tunnel_mtu"].as_u64());
+        ensure!(
+            seen == Some(tunnel),
+            "stats --json should show tunnel_mtu {tunnel}: {v}"
+        );
+        must_ping(
+            &d.ns,
+            c.private,
+            2,
+            "doolittle → calculon after the MTU change",
+        )?;
+    }
     Ok(())
 }
 

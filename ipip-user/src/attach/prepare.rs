@@ -54,10 +54,13 @@ pub(super) async fn prepare(nl: &Netlink, req: &AttachRequest<'_>) -> Result<Pre
         if lans.iter().any(|l| &l.name == name) {
             continue;
         }
-        let lan = nl
-            .link(name)
-            .await
-            .with_context(|| format!("LAN interface {name}"))?;
+        let lan = match nl.link(name).await {
+            Ok(lan) => lan,
+            Err(crate::netif::NetError::NoSuchInterface(_)) => bail!(
+                "LAN interface {name} does not exist in this network namespace (see `ip link`)"
+            ),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("LAN interface {name}"))),
+        };
         if lan.loopback {
             bail!("LAN interface {name} is the loopback device: a LAN interface faces the hosts the gateway forwards for");
         }
@@ -190,15 +193,36 @@ pub async fn next_hop(
     peer: &crate::config::Peer,
 ) -> Result<Option<Ipv4Addr>> {
     let interface = &link.name;
-    let hop = nl
-        .route_get(peer.remote)
-        .await
-        .with_context(|| format!("peer {} ({}) is unreachable", peer.name, peer.remote))?;
+    let hop = match nl.route_get(peer.remote).await {
+        Ok(hop) => hop,
+        // The kernel's own refusal says all there is to say (`ip route get` prints the same).
+        Err(e) => match e.os_error() {
+            Some(kernel) => bail!(
+                "peer {} ({}) is unreachable: {}; add an underlay route to it out of {interface}",
+                peer.name,
+                peer.remote,
+                strip_os_error(&kernel)
+            ),
+            None => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "peer {} ({}) is unreachable",
+                    peer.name, peer.remote
+                )))
+            }
+        },
+    };
     if hop.oif != link.index {
         let via = nl
             .link_by_index(hop.oif)
             .await?
             .map_or_else(|| format!("interface #{}", hop.oif), |l| l.name);
+        if via == "lo" {
+            bail!(
+                "peer {} ({}) is an address of this host (reached through lo): a peer's remote is the far end's underlay address",
+                peer.name,
+                peer.remote
+            );
+        }
         bail!(
             "peer {} ({}) is reached through {via}, not {interface}: attach to {via}, or fix the underlay route",
             peer.name,
@@ -206,6 +230,15 @@ pub async fn next_hop(
         );
     }
     Ok(hop.gateway)
+}
+
+/// "Network is unreachable" of "Network is unreachable (os error 101)".
+fn strip_os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// How long learned path MTUs hold: this namespace's `net.ipv4.route.mtu_expires` (seconds),
