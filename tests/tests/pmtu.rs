@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Context, Result};
-use ipip_tests::topology::build::wire_checksums;
+use ipip_tests::topology::build::{tx_checksum_offload, wire_checksums};
 use ipip_tests::topology::Routed;
 use ipip_tests::traffic::{must_ping, tcp_transfer};
 use ipip_tests::{require_root, IpipUser, Node};
@@ -395,10 +395,20 @@ fn local_senders_are_answered_past_a_route_without_the_tunnel_mtu() -> Result<()
             from.name,
             to.name
         );
+        // Forget what the ping taught on both ends (the receiver's route would advertise the
+        // tunnel's MSS), so that the sender's first segments are too big and answered.
+        for n in [&t.doolittle, &t.calculon] {
+            n.ns.exec(&["ip", "route", "flush", "cache"])?;
+        }
+        let answered = ipip.reason(&from.ns, from.iface, "too_big")?;
         let done = tcp_transfer(&from.ns, &to.ns, to.private, port, TRANSFER)
             .with_context(|| format!("{what} stalled"))?;
         ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
         eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+        ensure!(
+            ipip.reason(&from.ns, from.iface, "too_big")? > answered,
+            "{what}: no segment was too big, so nothing tested the answer to TCP"
+        );
     }
     Ok(())
 }
@@ -451,16 +461,24 @@ fn packets_without_df_are_fragmented_past_a_route_without_the_tunnel_mtu() -> Re
 
 /// jill, behind gateway doolittle, whose route toward calculon has no MTU: her too-big DF
 /// packets must be answered by the gateway, from its own address on her side, and her bulk
-/// TCP must adapt.
-#[test]
-fn forwarded_senders_are_answered_past_a_route_without_the_tunnel_mtu() -> Result<()> {
+/// TCP must adapt. With `device_fills_checksums`, the gateway's veths compute checksums in
+/// software on the way out (TX offload off): jill's TCP segments arrive with their checksum
+/// left to "the device" (CHECKSUM_PARTIAL), so the answer quoting one has its quoted TCP
+/// checksum filled in after the program checksummed the ICMP; it must still verify at jill's.
+fn forwarded_senders_answered(device_fills_checksums: bool) -> Result<()> {
     require_root()?;
     let t = Routed::with_lan(1500, true)?;
     let jill = t.jill.as_ref().context("the topology has jill")?;
+    if device_fills_checksums {
+        tx_checksum_offload(&t.doolittle.ns, false)?;
+    }
     let ipip = IpipUser::new()?;
     attach(&ipip, &t.doolittle)?;
     attach(&ipip, &t.calculon)?;
     route_without_mtu(&t.doolittle, t.calculon.private)?;
+    // calculon's way back to jill too, or it advertises the tunnel's MSS and jill never sends
+    // a segment too big.
+    route_without_mtu(&t.calculon, jill.addr)?;
     must_ping(&jill.ns, t.calculon.private, 2, "jill → calculon")?;
 
     let told = ping_sized(&jill.ns, None, t.calculon.private, "do", 1472, 1)?;
@@ -469,14 +487,22 @@ fn forwarded_senders_are_answered_past_a_route_without_the_tunnel_mtu() -> Resul
         "jill's 1500-byte DF ping should be answered by the gateway (192.168.1.1) with the \
          tunnel MTU: {told}"
     );
+    // Forget what the ping taught, so that TCP starts with a segment too big and is answered.
+    jill.ns.exec(&["ip", "route", "flush", "cache"])?;
+    let answered = ipip.reason(&t.doolittle.ns, t.doolittle.iface, "too_big")?;
     let what = format!(
-        "{} MiB TCP jill → calculon past a route without the tunnel MTU",
+        "{} MiB TCP jill → calculon past a route without the tunnel MTU (device fills \
+         checksums: {device_fills_checksums})",
         TRANSFER >> 20
     );
     let done = tcp_transfer(&jill.ns, &t.calculon.ns, t.calculon.private, 5213, TRANSFER)
         .with_context(|| format!("{what} stalled"))?;
     ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
     eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+    ensure!(
+        ipip.reason(&t.doolittle.ns, t.doolittle.iface, "too_big")? > answered,
+        "{what}: no segment was too big, so nothing tested the answer to TCP"
+    );
     let seen = jill
         .ns
         .exec(&["ip", "route", "get", &t.calculon.private.to_string()])?;
@@ -486,4 +512,14 @@ fn forwarded_senders_are_answered_past_a_route_without_the_tunnel_mtu() -> Resul
         t.calculon.private
     );
     Ok(())
+}
+
+#[test]
+fn forwarded_senders_are_answered_past_a_route_without_the_tunnel_mtu() -> Result<()> {
+    forwarded_senders_answered(false)
+}
+
+#[test]
+fn answers_quoting_offloaded_checksums_verify_after_the_device_fills_them() -> Result<()> {
+    forwarded_senders_answered(true)
 }
