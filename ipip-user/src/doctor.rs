@@ -11,7 +11,7 @@ use aya::programs::{tc::TcAttachType, SchedClassifier};
 use ipnet::Ipv4Net;
 
 use crate::{
-    netif::{route_prefix, ForeignRoute, Netlink},
+    netif::{route_prefix, unsized_routes, Netlink},
     pins::{self, read_routes, read_tunnel, PinDir},
     stats, status,
 };
@@ -231,12 +231,10 @@ pub async fn diagnose(iface: &str, window: Duration) -> Result<Vec<Finding>> {
         ));
     }
     for r in found.iter().take(5) {
-        let via = r.gateway.map_or(String::new(), |g| format!(" via {g}"));
-        let has = r.mtu.map_or("no MTU".to_string(), |m| format!("MTU {m}"));
         out.push(bad(
             "route mtu",
-            format!("route {}{via} dev {iface} has {has}, above the tunnel MTU {tunnel_mtu}: larger packets reach the tunnel unsized; those with DF are answered (too_big), the first without DF to each destination is lost (too_big_no_df)", r.prefix),
-            format!("ip route change {}{via} dev {iface} mtu {tunnel_mtu}", r.prefix),
+            format!("{}, above the tunnel MTU {tunnel_mtu}: larger packets reach the tunnel unsized; those with DF are answered (too_big), the first without DF to each destination is lost (too_big_no_df)", r.describe(iface)),
+            r.fix(iface, tunnel_mtu),
         ));
     }
     if found.len() > 5 {
@@ -367,22 +365,6 @@ pub async fn diagnose(iface: &str, window: Duration) -> Result<Vec<Finding>> {
     Ok(out)
 }
 
-/// Routes among `foreign` inside one of the tunnel's `prefixes` whose MTU (none: the
-/// interface's) is above `tunnel_mtu`: the kernel doesn't size packets for the tunnel there.
-fn unsized_routes<'a>(
-    foreign: &'a [ForeignRoute],
-    prefixes: &[Ipv4Net],
-    tunnel_mtu: u32,
-) -> Vec<&'a ForeignRoute> {
-    let mut out: Vec<&ForeignRoute> = foreign
-        .iter()
-        .filter(|r| r.mtu.is_none_or(|m| m > tunnel_mtu))
-        .filter(|r| prefixes.iter().any(|p| p.contains(&r.prefix)))
-        .collect();
-    out.sort_by_key(|r| r.prefix);
-    out
-}
-
 /// nftables rules that drop or reject IP protocol 4 or traffic to/from the tunnel prefixes,
 /// with the command that deletes each; `None` when nft can't be run.
 fn firewall_drops(prefixes: &[Ipv4Net]) -> Option<Vec<(String, String)>> {
@@ -474,28 +456,6 @@ pub fn render(findings: &[Finding]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_inside_tunnel_prefixes_without_its_mtu_are_found() {
-        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
-        let route = |p: &str, mtu| ForeignRoute {
-            prefix: net(p),
-            gateway: Some("192.0.2.1".parse().unwrap()),
-            mtu,
-        };
-        let foreign = [
-            route("10.0.2.7/32", None),
-            route("10.0.2.128/25", Some(1500)),
-            route("10.0.2.8/32", Some(1480)),
-            route("10.0.2.9/32", Some(1400)),
-            route("0.0.0.0/0", None),
-            route("10.0.0.0/8", None),
-            route("192.168.5.0/24", None),
-        ];
-        let found = unsized_routes(&foreign, &[net("10.0.2.0/24"), net("10.10.10.0/24")], 1480);
-        let found: Vec<String> = found.iter().map(|r| r.prefix.to_string()).collect();
-        assert_eq!(found, ["10.0.2.7/32", "10.0.2.128/25"]);
-    }
 
     #[test]
     fn nft_match_values_against_prefixes() {

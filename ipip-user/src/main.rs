@@ -189,6 +189,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 );
             }
             println!("pinned under {}", a.pin_dir);
+            for w in &a.warnings {
+                eprintln!("warning: {w}");
+            }
             Ok(())
         }
         Command::Reload {

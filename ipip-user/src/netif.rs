@@ -338,6 +338,45 @@ pub struct ForeignRoute {
     pub mtu: Option<u32>,
 }
 
+impl ForeignRoute {
+    /// "route 10.0.2.7/32 via 192.0.2.1 dev eth0 has no MTU".
+    pub fn describe(&self, iface: &str) -> String {
+        let has = self
+            .mtu
+            .map_or("no MTU".to_string(), |m| format!("MTU {m}"));
+        format!("route {}{} dev {iface} has {has}", self.prefix, self.via())
+    }
+
+    /// The command that gives it `mtu`.
+    pub fn fix(&self, iface: &str, mtu: u32) -> String {
+        format!(
+            "ip route change {}{} dev {iface} mtu {mtu}",
+            self.prefix,
+            self.via()
+        )
+    }
+
+    fn via(&self) -> String {
+        self.gateway.map_or(String::new(), |g| format!(" via {g}"))
+    }
+}
+
+/// Routes among `foreign` inside one of the tunnel's `prefixes` whose MTU (none: the
+/// interface's) is above `tunnel_mtu`: the kernel doesn't size packets for the tunnel there.
+pub fn unsized_routes<'a>(
+    foreign: &'a [ForeignRoute],
+    prefixes: &[Ipv4Net],
+    tunnel_mtu: u32,
+) -> Vec<&'a ForeignRoute> {
+    let mut out: Vec<&ForeignRoute> = foreign
+        .iter()
+        .filter(|r| r.mtu.is_none_or(|m| m > tunnel_mtu))
+        .filter(|r| prefixes.iter().any(|p| p.contains(&r.prefix)))
+        .collect();
+    out.sort_by_key(|r| r.prefix);
+    out
+}
+
 /// The destination prefix of a route message.
 pub fn route_prefix(r: &RouteMessage) -> Option<Ipv4Net> {
     // A default route carries no destination attribute.
@@ -488,4 +527,31 @@ pub fn driver(name: &str) -> Option<String> {
     }
     let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Some(String::from_utf8_lossy(&info.driver[..len]).into_owned()).filter(|d| !d.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_inside_tunnel_prefixes_without_its_mtu_are_found() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let route = |p: &str, mtu| ForeignRoute {
+            prefix: net(p),
+            gateway: Some("192.0.2.1".parse().unwrap()),
+            mtu,
+        };
+        let foreign = [
+            route("10.0.2.7/32", None),
+            route("10.0.2.128/25", Some(1500)),
+            route("10.0.2.8/32", Some(1480)),
+            route("10.0.2.9/32", Some(1400)),
+            route("0.0.0.0/0", None),
+            route("10.0.0.0/8", None),
+            route("192.168.5.0/24", None),
+        ];
+        let found = unsized_routes(&foreign, &[net("10.0.2.0/24"), net("10.10.10.0/24")], 1480);
+        let found: Vec<String> = found.iter().map(|r| r.prefix.to_string()).collect();
+        assert_eq!(found, ["10.0.2.7/32", "10.0.2.128/25"]);
+    }
 }

@@ -105,6 +105,9 @@ pub async fn run(o: &RunOptions) -> Result<()> {
             a.routes.len(),
             a.tunnel_mtu
         );
+        for w in &a.warnings {
+            log::warn!("{iface}: {w}");
+        }
     }
     // Fleet mode: learn from the routing table now, then on every change and periodically.
     if file.fleet.is_some() {

@@ -429,6 +429,39 @@ fn reload_follows_an_underlay_mtu_change() -> Result<()> {
     Ok(())
 }
 
+/// A route of the admin's into a peer's prefix without the tunnel MTU: attach works, and says
+/// so (stderr, and `--json`'s `warnings`), with the MTU to give it.
+#[test]
+fn attach_warns_about_a_route_into_the_tunnel_without_its_mtu() -> Result<()> {
+    require_root()?;
+    let t = HostToHost::new(Underlay::Direct)?;
+    let ipip = IpipUser::new()?;
+    let (d, c) = (&t.doolittle, &t.calculon);
+    let host = format!("{}/32", c.private);
+    let via = c.underlay.to_string();
+    d.ns.exec(&["ip", "route", "add", &host, "via", &via, "dev", d.iface])?;
+    let peers = d.peers.display().to_string();
+    let out = ipip.output(&d.ns, &["attach", d.iface, "--peers", &peers])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!("warning: route {host} via {via} dev {} has no MTU", d.iface);
+    ensure!(
+        out.status.success() && stderr.contains(&want) && stderr.contains("give it `mtu 1480`"),
+        "attach should succeed and warn `{want}`: {}",
+        describe(&out)
+    );
+    ipip.detach(&d.ns, d.iface)?;
+    d.ns.exec(&[
+        "ip", "route", "change", &host, "via", &via, "dev", d.iface, "mtu", "1480",
+    ])?;
+    let json = ipip.run(&d.ns, &["attach", d.iface, "--peers", &peers, "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&json)?;
+    ensure!(
+        v["warnings"].as_array().is_some_and(|w| w.is_empty()),
+        "with the tunnel MTU on the route there is nothing to warn about: {v}"
+    );
+    Ok(())
+}
+
 /// Interface names are path components: `../net<inode>/eth0` can't reach another
 /// namespace's attachment through detach, stats or log.
 #[test]

@@ -50,6 +50,8 @@ pub struct Attached {
     pub routes: Vec<String>,
     /// What the peer and route maps were sized for.
     pub capacity: Capacity,
+    /// Things that work but deserve a look (routes of someone else's without the tunnel MTU).
+    pub warnings: Vec<String>,
 }
 
 /// What to attach, from the command line.
@@ -113,6 +115,7 @@ pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
         }
     };
     let p = &prepared;
+    let warnings = unsized_route_warnings(&nl, p).await;
     Ok(Attached {
         interface: p.link.name.clone(),
         pin_dir: p.dir.path.display().to_string(),
@@ -126,7 +129,34 @@ pub async fn attach(req: &AttachRequest<'_>) -> Result<Attached> {
         peers: p.plan.peers.len(),
         routes,
         capacity: p.plan.capacity,
+        warnings,
     })
+}
+
+/// Routes someone else installed into the tunnel's prefixes without the tunnel MTU: packets
+/// to them reach the tunnel unsized (see `doctor`'s `route mtu`). A failed lookup only costs
+/// the warning.
+async fn unsized_route_warnings(nl: &Netlink, p: &prepare::Prepared) -> Vec<String> {
+    let Ok(foreign) = nl.foreign_routes(p.link.index).await else {
+        return Vec::new();
+    };
+    let prefixes: Vec<ipnet::Ipv4Net> = p
+        .plan
+        .peers
+        .iter()
+        .flat_map(|peer| peer.routes.iter().copied())
+        .collect();
+    let mtu = p.plan.tunnel_mtu;
+    crate::netif::unsized_routes(&foreign, &prefixes, mtu)
+        .into_iter()
+        .map(|r| {
+            format!(
+                "{}: packets over {mtu} bytes to it reach the tunnel unsized (those without DF lose one per destination); give it `mtu {mtu}`: {}",
+                r.describe(&p.link.name),
+                r.fix(&p.link.name, mtu)
+            )
+        })
+        .collect()
 }
 
 /// Route requests kept in flight on the netlink socket: the kernel handles them one by one,
