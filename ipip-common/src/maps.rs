@@ -251,6 +251,16 @@ impl TunnelConfig {
     pub const fn local(&self) -> u32 {
         u32::from_be_bytes(self.local)
     }
+
+    /// The address the kernel's own traffic into the tunnel comes from: the tunnel address,
+    /// else the local underlay one.
+    pub const fn source_address(&self) -> [u8; 4] {
+        if u32::from_be_bytes(self.address) != 0 {
+            self.address
+        } else {
+            self.local
+        }
+    }
 }
 
 pub const PEER_NAME_LEN: usize = 32;

@@ -309,11 +309,7 @@ fn frag_needed<C: Packet>(frame: &Frame<C>) -> Result<FragNeeded, Error> {
     // quote that makes the kernel record the MTU on the inner route (see echo_reply_quote).
     let src = [inner[12], inner[13], inner[14], inner[15]];
     let dst = [inner[16], inner[17], inner[18], inner[19]];
-    let ours = if config.address != [0; 4] {
-        config.address
-    } else {
-        config.local
-    };
+    let ours = config.source_address();
     let quote = if src == ours {
         None
     } else {

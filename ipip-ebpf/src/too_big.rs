@@ -62,16 +62,10 @@ fn turned_around(frame: &Frame<TcContext>) -> Result<EthRaw, Error> {
     })
 }
 
-/// The tunnel (overlay) address, else the local underlay one: where the kernel's own traffic
-/// into the tunnel comes from.
+/// Where the kernel's own traffic into the tunnel comes from (see TunnelConfig).
 #[inline(always)]
 fn our_address() -> Result<[u8; 4], Error> {
-    let config = CONFIG.get(0).ok_or(UNANSWERED)?;
-    Ok(if config.address != [0; 4] {
-        config.address
-    } else {
-        config.local
-    })
+    Ok(CONFIG.get(0).ok_or(UNANSWERED)?.source_address())
 }
 
 #[inline(always)]

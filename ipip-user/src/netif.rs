@@ -244,51 +244,43 @@ impl Netlink {
             .map_err(nl(format!("adding route {prefix}")))
     }
 
+    /// Every IPv4 route, of every table.
+    async fn ipv4_routes(&self) -> Result<Vec<RouteMessage>, NetError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.handle
+            .route()
+            .get(msg)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing routes"))
+    }
+
     /// Routes tagged with our protocol on interface `oif`.
     pub async fn our_routes(&self, oif: u32) -> Result<Vec<RouteMessage>, NetError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut routes = self.handle.route().get(msg).execute();
-        let mut out = Vec::new();
-        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
-            let ours = u8::from(r.header.protocol) == ROUTE_PROTO;
-            let on_if = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif));
-            if ours && on_if {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        let mut routes = self.ipv4_routes().await?;
+        routes.retain(|r| is_ours(r) && route_oif(r) == Some(oif));
+        Ok(routes)
     }
 
     /// Unicast IPv4 routes out of interface `oif` that ipip did not install (any table), with
     /// the MTU they carry, if any.
     pub async fn foreign_routes(&self, oif: u32) -> Result<Vec<ForeignRoute>, NetError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut routes = self.handle.route().get(msg).execute();
-        let mut out = Vec::new();
-        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
-            let on_if = r
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif));
-            if !on_if
-                || u8::from(r.header.protocol) == ROUTE_PROTO
-                || r.header.kind != RouteType::Unicast
-            {
-                continue;
-            }
-            let Some(prefix) = route_prefix(&r) else {
-                continue;
-            };
-            out.push(ForeignRoute {
-                prefix,
-                gateway: route_gateway(&r),
-                mtu: route_mtu(&r),
-            });
-        }
-        Ok(out)
+        Ok(self
+            .ipv4_routes()
+            .await?
+            .iter()
+            .filter(|r| {
+                route_oif(r) == Some(oif) && !is_ours(r) && r.header.kind == RouteType::Unicast
+            })
+            .filter_map(|r| {
+                Some(ForeignRoute {
+                    prefix: route_prefix(r)?,
+                    gateway: route_gateway(r),
+                    mtu: route_mtu(r),
+                })
+            })
+            .collect())
     }
 
     /// Every IPv4 route in routing table `table`: its prefix and its single next hop
@@ -297,10 +289,8 @@ impl Netlink {
         &self,
         table: u32,
     ) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>)>, NetError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut routes = self.handle.route().get(msg).execute();
         let mut out = Vec::new();
-        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
+        for r in self.ipv4_routes().await? {
             let id = r
                 .attributes
                 .iter()
@@ -389,6 +379,19 @@ pub fn route_prefix(r: &RouteMessage) -> Option<Ipv4Net> {
         })
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
     Ipv4Net::new(dst, r.header.destination_prefix_length).ok()
+}
+
+/// Whether ipip installed the route (its protocol tag).
+fn is_ours(r: &RouteMessage) -> bool {
+    u8::from(r.header.protocol) == ROUTE_PROTO
+}
+
+/// The interface a route sends out of (single-path routes).
+fn route_oif(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
 }
 
 /// A route message's single next hop (`None` for multipath or device routes).

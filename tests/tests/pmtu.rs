@@ -9,7 +9,7 @@ use anyhow::{ensure, Context, Result};
 use ipip_tests::topology::build::{tx_checksum_offload, wire_checksums};
 use ipip_tests::topology::Routed;
 use ipip_tests::traffic::{must_ping, tcp_transfer};
-use ipip_tests::{require_root, IpipUser, Node};
+use ipip_tests::{require_root, IpipUser, Netns, Node};
 
 const HOP_MTU: u32 = 1400;
 /// What both ends must learn: the hop's MTU less the outer header.
@@ -38,6 +38,19 @@ fn route_get(n: &Node, dst: &str) -> Result<String> {
     n.ns.exec(&["ip", "route", "get", dst, "from", &n.private.to_string()])
 }
 
+/// `TRANSFER` bytes of TCP from `from` to `to`'s private address on `port`, after each of
+/// `forget` flushed its route cache (the path is then learned afresh); `what` names it.
+fn transfer(from: &Netns, to: &Node, port: u16, forget: &[&Netns], what: &str) -> Result<()> {
+    for ns in forget {
+        ns.exec(&["ip", "route", "flush", "cache"])?;
+    }
+    let done = tcp_transfer(from, &to.ns, to.private, port, TRANSFER)
+        .with_context(|| format!("{what} stalled: PMTU black hole"))?;
+    ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
+    eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+    Ok(())
+}
+
 fn transfer_both_ways(pmtudisc: bool) -> Result<()> {
     require_root()?;
     let t = Routed::new(HOP_MTU, pmtudisc)?;
@@ -63,13 +76,13 @@ fn transfer_both_ways(pmtudisc: bool) -> Result<()> {
         );
         // Each direction learns on its own: forget what the other taught (the receiver's
         // route would otherwise advertise the smaller MSS and spare the sender the lesson).
-        for n in [&t.doolittle, &t.calculon] {
-            n.ns.exec(&["ip", "route", "flush", "cache"])?;
-        }
-        let done = tcp_transfer(&from.ns, &to.ns, to.private, port, TRANSFER)
-            .with_context(|| format!("{what} stalled: PMTU black hole"))?;
-        ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
-        eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+        transfer(
+            &from.ns,
+            to,
+            port,
+            &[&t.doolittle.ns, &t.calculon.ns],
+            &what,
+        )?;
 
         // The sender's ipip learned the path MTU from the router's ICMP, visibly ...
         let peer = peer_entry(&ipip, from, to.name)?;
@@ -145,10 +158,7 @@ fn forwarded_transfer(pmtudisc: bool, fast_path: bool) -> Result<()> {
          (pmtudisc {pmtudisc}, fast path {fast_path})",
         TRANSFER >> 20
     );
-    let done = tcp_transfer(&jill.ns, &t.calculon.ns, t.calculon.private, 5203, TRANSFER)
-        .with_context(|| format!("{what} stalled: PMTU black hole"))?;
-    ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
-    eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+    transfer(&jill.ns, &t.calculon, 5203, &[], &what)?;
 
     let peer = peer_entry(&ipip, &t.doolittle, t.calculon.name)?;
     ensure!(
@@ -318,7 +328,7 @@ fn route_without_mtu(n: &Node, dst: Ipv4Addr) -> Result<()> {
 
 /// `ping -M MODE -s SIZE` from `ns` (from `src` when given) to `dst`: its output.
 fn ping_sized(
-    ns: &ipip_tests::netns::Netns,
+    ns: &Netns,
     src: Option<Ipv4Addr>,
     dst: Ipv4Addr,
     mode: &str,
@@ -397,14 +407,14 @@ fn local_senders_are_answered_past_a_route_without_the_tunnel_mtu() -> Result<()
         );
         // Forget what the ping taught on both ends (the receiver's route would advertise the
         // tunnel's MSS), so that the sender's first segments are too big and answered.
-        for n in [&t.doolittle, &t.calculon] {
-            n.ns.exec(&["ip", "route", "flush", "cache"])?;
-        }
         let answered = ipip.reason(&from.ns, from.iface, "too_big")?;
-        let done = tcp_transfer(&from.ns, &to.ns, to.private, port, TRANSFER)
-            .with_context(|| format!("{what} stalled"))?;
-        ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
-        eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+        transfer(
+            &from.ns,
+            to,
+            port,
+            &[&t.doolittle.ns, &t.calculon.ns],
+            &what,
+        )?;
         ensure!(
             ipip.reason(&from.ns, from.iface, "too_big")? > answered,
             "{what}: no segment was too big, so nothing tested the answer to TCP"
@@ -487,18 +497,14 @@ fn forwarded_senders_answered(device_fills_checksums: bool) -> Result<()> {
         "jill's 1500-byte DF ping should be answered by the gateway (192.168.1.1) with the \
          tunnel MTU: {told}"
     );
-    // Forget what the ping taught, so that TCP starts with a segment too big and is answered.
-    jill.ns.exec(&["ip", "route", "flush", "cache"])?;
     let answered = ipip.reason(&t.doolittle.ns, t.doolittle.iface, "too_big")?;
     let what = format!(
         "{} MiB TCP jill → calculon past a route without the tunnel MTU (device fills \
          checksums: {device_fills_checksums})",
         TRANSFER >> 20
     );
-    let done = tcp_transfer(&jill.ns, &t.calculon.ns, t.calculon.private, 5213, TRANSFER)
-        .with_context(|| format!("{what} stalled"))?;
-    ensure!(done.bytes == TRANSFER, "{what}: {} bytes", done.bytes);
-    eprintln!("{what}: {} bytes in {:?}", done.bytes, done.elapsed);
+    // Forget what the ping taught, so that TCP starts with a segment too big and is answered.
+    transfer(&jill.ns, &t.calculon, 5213, &[&jill.ns], &what)?;
     ensure!(
         ipip.reason(&t.doolittle.ns, t.doolittle.iface, "too_big")? > answered,
         "{what}: no segment was too big, so nothing tested the answer to TCP"
